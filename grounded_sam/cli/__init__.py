@@ -1,0 +1,82 @@
+"""``grounded-sam`` command line: ``segment | everything | eval | weights``.
+
+Each subcommand lives in its own module of this package and exposes
+``add_parser(subparsers)``, which registers its arguments and sets ``func``.
+
+Exit codes: 0 ok, 2 bad input or arguments (one ``error: ...`` line on stderr, no
+traceback unless ``--debug``), 1 internal error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Sequence
+
+from grounded_sam.cli._common import UsageError
+
+__all__ = ["main", "build_parser"]
+
+# subcommand name -> module in this package
+_COMMANDS = {
+    "segment": "grounded_sam.cli.segment",
+    "everything": "grounded_sam.cli.everything",
+    "eval": "grounded_sam.cli.evaluate",
+    "weights": "grounded_sam.cli.weights",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one ``error: ...`` line and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="grounded-sam",
+        description="Text-promptable Segment Anything.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    from grounded_sam import __version__
+
+    parser.add_argument("--version", action="version", version=f"grounded-sam {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for module in _COMMANDS.values():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:  # a subcommand not built yet
+            if e.name != module:
+                raise
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    try:
+        code = args.func(args)
+        return int(code or 0)
+    except (UsageError, ValueError, TypeError, FileNotFoundError) as e:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    except Exception as e:  # noqa: BLE001 - last-resort handler for the CLI
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(
+            f"error: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)\n"
+        )
+        return 1

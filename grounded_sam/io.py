@@ -1,0 +1,135 @@
+"""Image loading: the one place images are read and normalised."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+__all__ = ["ImageLike", "load_image", "image_stem"]
+
+
+def _describe(image: object) -> str:
+    if isinstance(image, np.ndarray):
+        return f"array of shape {image.shape} and dtype {image.dtype}"
+    if isinstance(image, Image.Image):
+        return f"PIL image of mode {image.mode!r} and size {image.size}"
+    if isinstance(image, (str, os.PathLike)):
+        return f"file {str(image)!r}"
+    return f"object of type {type(image).__name__}"
+
+
+def _from_pil(img: Image.Image, name: str) -> np.ndarray:
+    if img.width == 0 or img.height == 0:
+        raise ValueError(f"{name} has zero size {img.size}; expected a non-empty image")
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img)
+        return _from_array(arr, name)
+    if mode == "F":
+        return _from_array(np.asarray(img), name)
+    if mode != "RGB":
+        # RGBA/LA/P/L/CMYK/YCbCr/1 -> RGB; alpha is dropped.
+        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA")
+        img = img.convert("RGB")
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def _from_array(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.size == 0:
+        raise ValueError(f"{name}: image is empty ({_describe(arr)}); expected HxW or HxWxC with H, W > 0")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"{name}: expected an HxW, HxWx1, HxWx3 or HxWx4 image, got {_describe(arr)}"
+        )
+    if arr.shape[2] in (2, 4):  # drop alpha
+        arr = arr[:, :, :-1]
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.bool_:
+        out = arr.astype(np.uint8) * 255
+    elif arr.dtype in (np.uint16, np.int32, np.uint32, np.int64) and np.issubdtype(arr.dtype, np.integer):
+        if arr.min(initial=0) < 0 or arr.max(initial=0) > 65535:
+            raise ValueError(
+                f"{name}: integer image values must lie in [0, 65535], got "
+                f"[{arr.min()}, {arr.max()}] ({_describe(arr)})"
+            )
+        out = np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)  # 16-bit -> 8-bit
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name}: float image contains NaN or inf")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"{name}: float images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
+                "convert to uint8 (0-255) or divide by 255"
+            )
+        out = np.round(arr * 255.0).astype(np.uint8)
+    else:
+        raise TypeError(
+            f"{name}: unsupported dtype {arr.dtype}; expected uint8, uint16 or float in [0, 1]"
+        )
+    return np.ascontiguousarray(out)
+
+
+def load_image(image: ImageLike) -> np.ndarray:
+    """Read and normalise an image.
+
+    Args:
+        image: a path (str or PathLike), a ``PIL.Image.Image`` or a numpy array
+            (HxW grayscale, HxWx3 RGB, HxWx4 RGBA; uint8, uint16 or float in [0, 1]).
+
+    Returns:
+        np.ndarray: HxWx3 ``uint8`` RGB, C-contiguous. Files have their EXIF
+        orientation applied; alpha is dropped; 16-bit data is scaled to 8 bits.
+
+    Raises:
+        ValueError: the file is missing, empty, truncated or not an image, or the
+            array has the wrong shape or value range.
+        TypeError: the input is of an unsupported type or dtype.
+    """
+    if isinstance(image, np.ndarray):
+        return _from_array(image, "image array")
+    if isinstance(image, Image.Image):
+        return _from_pil(image, "PIL image")
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.exists():
+            raise ValueError(f"image file not found: {str(path)!r}")
+        if path.is_dir():
+            raise ValueError(f"{str(path)!r} is a directory; expected an image file")
+        if path.stat().st_size == 0:
+            raise ValueError(f"image file {str(path)!r} is empty (0 bytes)")
+        try:
+            with Image.open(path) as img:
+                img.load()  # force decoding now, so truncated files fail here
+                img = ImageOps.exif_transpose(img)
+                return _from_pil(img, f"image file {str(path)!r}")
+        except UnidentifiedImageError as e:
+            raise ValueError(
+                f"{str(path)!r} is not a readable image (PIL cannot identify it); "
+                "expected a JPEG, PNG, TIFF, BMP or WebP file"
+            ) from e
+        except (OSError, SyntaxError) as e:
+            raise ValueError(f"image file {str(path)!r} is truncated or corrupt: {e}") from e
+    raise TypeError(
+        f"unsupported image input: {_describe(image)}; expected a path, a PIL.Image or "
+        "a HxWx3 uint8 numpy array"
+    )
+
+
+def image_stem(image: object, index: int) -> str:
+    """A file-system-safe name for an image: the file stem for paths, else ``image_<index>``."""
+    if isinstance(image, (str, os.PathLike)):
+        return Path(image).stem
+    return f"image_{index:04d}"

@@ -1,0 +1,141 @@
+"""SAM's two-way transformer: prompt tokens and image tokens attend to each other.
+
+Parameter names match the ``mask_decoder.transformer.`` prefix of the official checkpoints.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from grounded_sam.model.common import MLPBlock
+
+__all__ = ["TwoWayTransformer", "Attention"]
+
+
+class TwoWayTransformer(nn.Module):
+    def __init__(
+        self,
+        *,
+        depth: int = 2,
+        embedding_dim: int = 256,
+        num_heads: int = 8,
+        mlp_dim: int = 2048,
+        attention_downsample_rate: int = 2,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(
+                embedding_dim=embedding_dim,
+                num_heads=num_heads,
+                mlp_dim=mlp_dim,
+                attention_downsample_rate=attention_downsample_rate,
+                skip_first_layer_pe=(i == 0),
+            )
+            for i in range(depth)
+        )
+        self.final_attn_token_to_image = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+        )
+        self.norm_final_attn = nn.LayerNorm(embedding_dim)
+
+    def forward(
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            image_embedding: (B, C, H, W); B may be 1 and broadcast over the prompts.
+            image_pe: (1 or B, C, H, W) positional encoding of the image grid.
+            point_embedding: (B, N, C) prompt tokens.
+        Returns:
+            queries (B, N, C) and keys (B, H*W, C).
+        """
+        keys = image_embedding.flatten(2).transpose(1, 2)
+        key_pe = image_pe.flatten(2).transpose(1, 2)
+        queries = point_embedding
+        if keys.shape[0] != queries.shape[0]:
+            keys = keys.expand(queries.shape[0], -1, -1)
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, point_embedding, key_pe)
+        attn_out = self.final_attn_token_to_image(
+            q=queries + point_embedding, k=keys + key_pe, v=keys
+        )
+        queries = self.norm_final_attn(queries + attn_out)
+        return queries, keys
+
+
+class TwoWayAttentionBlock(nn.Module):
+    """Self-attention of tokens, token->image cross-attention, MLP, image->token cross-attention."""
+
+    def __init__(
+        self,
+        *,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        attention_downsample_rate: int,
+        skip_first_layer_pe: bool,
+    ) -> None:
+        super().__init__()
+        self.self_attn = Attention(embedding_dim, num_heads)
+        self.norm1 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_token_to_image = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+        )
+        self.norm2 = nn.LayerNorm(embedding_dim)
+        self.mlp = MLPBlock(embedding_dim, mlp_dim, act=nn.ReLU)
+        self.norm3 = nn.LayerNorm(embedding_dim)
+        self.norm4 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_image_to_token = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+        )
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q=q, k=q, v=queries)
+        queries = self.norm1(queries)
+
+        k = keys + key_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q=queries + query_pe, k=k, v=keys))
+        queries = self.norm3(queries + self.mlp(queries))
+
+        q = queries + query_pe
+        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
+        return queries, keys
+
+
+class Attention(nn.Module):
+    """Multi-head attention with an optional down-projection of the embedding (q/k/v/out proj)."""
+
+    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.internal_dim = embedding_dim // downsample_rate
+        self.num_heads = num_heads
+        if self.internal_dim % num_heads != 0:
+            raise ValueError(
+                f"num_heads ({num_heads}) must divide the internal dim ({self.internal_dim})"
+            )
+        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q = self._heads(self.q_proj(q))
+        k = self._heads(self.k_proj(k))
+        v = self._heads(self.v_proj(v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        b, _, n, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
