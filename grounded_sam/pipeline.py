@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Result"]
+__all__ = ["Result", "GroundedSAM", "segment", "get_pipeline", "clear_pipelines"]
 
 TIMING_KEYS = ("detector", "encoder", "decoder", "total")
 
@@ -277,3 +279,624 @@ class Result:
             Image.fromarray(self.overlay(img, alpha=alpha)).save(out / "overlay.png")
         (out / "result.json").write_text(json.dumps(doc, indent=1) + "\n")
         return out
+
+
+# ---------------------------------------------------------------------------- pipeline
+_BUILTIN_DETECTORS = ("grounding-dino", "yolo-clip")
+_SAM_PROMPT_LABELS = ("point", "box")
+
+
+def _image_key(image: np.ndarray) -> tuple:
+    """Cache key of an image's content: BLAKE2b of its bytes, with its shape."""
+    import hashlib
+
+    digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest()
+    return (image.shape, digest)
+
+
+def _clip_boxes(boxes: np.ndarray, image_size: tuple[int, int], name: str) -> np.ndarray:
+    """Clip (N, 4) XYXY boxes to the image; a box with no area left is a ``ValueError``."""
+    from grounded_sam.predictor import check_boxes
+
+    b = check_boxes(boxes, name)
+    h, w = image_size
+    clipped = b.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, w)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, h)
+    bad = np.nonzero((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))[0]
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{name}[{i}] = {b[i].tolist()} is degenerate: it has no area inside the "
+            f"{w}x{h} (WxH) image after clipping; give x0 < x1 and y0 < y1 overlapping the image"
+        )
+    return clipped.astype(np.float32)
+
+
+def _mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, 4) float32 XYXY bounding boxes (pixel edges); zeros if empty."""
+    out = np.zeros((masks.shape[0], 4), dtype=np.float32)
+    for i, m in enumerate(masks):
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        if rows.size:
+            out[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return out
+
+
+def _pick_best(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, H, W), (N, C) -> the highest-scoring candidate per prompt: (N, H, W), (N,)."""
+    best = scores.argmax(axis=1)
+    rows = np.arange(masks.shape[0])
+    return masks[rows, best], scores[rows, best].astype(np.float32)
+
+
+class GroundedSAM:
+    """Text-promptable SAM: a detector's boxes decoded by SAM in one batched call.
+
+    Args:
+        detector: a detector name (see :func:`grounded_sam.detectors.list_detectors`) or a
+            ready object with ``detect(image, text) -> Detections``. Named detectors are
+            built on the first text prompt (point/box prompts never need one).
+        sam: a SAM variant name (see :func:`grounded_sam.list_models`), a ``Sam`` or a
+            ``SamPredictor``.
+        sam_checkpoint: official-format checkpoint for a named ``sam``; ``None`` fetches the
+            registry weights through :func:`grounded_sam.weights.fetch`.
+        device: torch device for models built here; ``None`` -> CUDA if available, else CPU.
+            A given ``Sam`` / ``SamPredictor`` is moved there only when ``device`` is given.
+        cache_size: how many image embeddings to keep (LRU, keyed on the image content).
+        **detector_kwargs: passed to ``build_detector`` (e.g. ``box_threshold=0.35``,
+            ``model=...``, ``yolo=...``, ``clip=...``); only valid with a detector name.
+
+    Attributes:
+        encoder_calls: number of image-encoder passes run so far (cache misses).
+    """
+
+    def __init__(
+        self,
+        detector="grounding-dino",
+        sam="mobile_sam",
+        *,
+        sam_checkpoint: str | os.PathLike | None = None,
+        device=None,
+        cache_size: int = 8,
+        **detector_kwargs,
+    ) -> None:
+        import torch
+
+        from grounded_sam.detectors import list_detectors
+        from grounded_sam.model.build import build_sam, resolve_device
+        from grounded_sam.predictor import SamPredictor
+
+        if not isinstance(cache_size, int) or cache_size < 1:
+            raise ValueError(f"cache_size must be an integer >= 1, got {cache_size!r}")
+        # SAM ------------------------------------------------------------------
+        if isinstance(sam, SamPredictor):
+            predictor = sam
+            if device is not None:
+                predictor.model.to(resolve_device(device))
+        elif isinstance(sam, torch.nn.Module):
+            if device is not None:
+                sam.to(resolve_device(device))
+            predictor = SamPredictor(sam)
+        elif isinstance(sam, str):
+            predictor = SamPredictor(build_sam(sam, checkpoint=sam_checkpoint, device=device))
+        else:
+            raise TypeError(
+                f"sam must be a variant name, a Sam or a SamPredictor, got {type(sam).__name__}"
+            )
+        if sam_checkpoint is not None and not isinstance(sam, str):
+            raise ValueError("sam_checkpoint only applies when sam is a variant name")
+        self.predictor = predictor
+        self.sam = predictor.model
+        self.device = self.sam.device
+        # detector (built lazily) ------------------------------------------------
+        if isinstance(detector, str):
+            known = list_detectors()
+            if detector not in known:
+                raise ValueError(
+                    f"unknown detector {detector!r}; known detectors: {', '.join(known)}"
+                )
+            self.detector_name = detector
+            self._detector = None
+            self._detector_kwargs = dict(detector_kwargs)
+            if detector in _BUILTIN_DETECTORS:
+                self._detector_kwargs.setdefault("device", self.device)
+            elif device is not None:
+                self._detector_kwargs.setdefault("device", device)
+        elif callable(getattr(detector, "detect", None)):
+            if detector_kwargs:
+                raise TypeError(
+                    f"detector keyword arguments {sorted(detector_kwargs)} only apply when the "
+                    "detector is given by name; configure the detector object instead"
+                )
+            self.detector_name = type(detector).__name__
+            self._detector = detector
+            self._detector_kwargs = {}
+        else:
+            raise TypeError(
+                "detector must be a detector name or an object with detect(image, text), got "
+                f"{type(detector).__name__}"
+            )
+        self.cache_size = cache_size
+        self._cache: OrderedDict = OrderedDict()
+        self.encoder_calls = 0
+
+    # -------------------------------------------------------------- components
+    @property
+    def detector(self):
+        """The detector, built from its name on first use."""
+        if self._detector is None:
+            from grounded_sam.detectors import build_detector
+
+            self._detector = build_detector(self.detector_name, **self._detector_kwargs)
+        return self._detector
+
+    def clear_cache(self) -> None:
+        """Forget all cached image embeddings."""
+        self._cache.clear()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    def _set_image(self, image: np.ndarray) -> float:
+        """Make ``image`` the predictor's image; returns the encoder seconds (0.0 on a hit)."""
+        key = _image_key(image)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            self.predictor.set_embedding(cached)
+            return 0.0
+        t0 = time.perf_counter()
+        self.predictor.set_image(image)
+        self._sync()
+        seconds = time.perf_counter() - t0
+        self.encoder_calls += 1
+        self._remember(key, self.predictor.get_embedding())
+        return seconds
+
+    def _remember(self, key: tuple, embedding) -> None:
+        self._cache[key] = embedding
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    # ------------------------------------------------------------------ segment
+    def segment(
+        self,
+        image,
+        text=None,
+        *,
+        points=None,
+        point_labels=None,
+        boxes=None,
+        multimask_output: bool = False,
+        refine_with_sam: bool = True,
+    ) -> Result:
+        """Segment the objects named by ``text``, or SAM's point/box prompts, in one image.
+
+        Args:
+            image: path, PIL image or array (anything :func:`grounded_sam.load_image` takes).
+            text: ``"a cat. a dog."`` or ``["a cat", "a dog"]``: the detector finds boxes, SAM
+                decodes all of them in one batched decoder call. One instance per box.
+            points: ``(P, 2)`` xy pixels of the original image (no ``text``): one prompt made
+                of all points -> one instance labelled ``"point"``. With one box as well,
+                one instance from the combined point + box prompt (labelled ``"box"``).
+            point_labels: ``(P,)`` 1 foreground (default), 0 background.
+            boxes: ``(B, 4)`` XYXY pixels (no ``text``): one instance per box, labelled
+                ``"box"``. Boxes are clipped to the image; one with no area inside it is an
+                error.
+            multimask_output: ask SAM for 3 candidate masks per prompt and keep the one with
+                the highest predicted IoU (helps ambiguous single points).
+            refine_with_sam: ``False`` returns the detector's own masks (``yolo-clip``: pure
+                FastSAM-style output) without running SAM.
+
+        Returns:
+            :class:`Result` (empty when nothing is detected). ``result.image`` keeps the
+            loaded image for :meth:`Result.overlay`.
+
+        Raises:
+            ValueError / TypeError: bad image, empty text, both or neither of text and
+                points/boxes, malformed points/boxes, or ``refine_with_sam=False`` with a
+                detector that returns no masks.
+        """
+        from grounded_sam.io import load_image
+
+        t0 = time.perf_counter()
+        img = load_image(image)
+        if text is None:
+            return self._segment_prompts(img, points, point_labels, boxes, multimask_output, t0)
+        if points is not None or point_labels is not None or boxes is not None:
+            raise ValueError(
+                "give either text or points/boxes, not both: text prompts get their boxes "
+                "from the detector"
+            )
+        dets, t_det = self._detect(img, text, refine_with_sam)
+        return self._decode_detections(img, dets, t_det, multimask_output, refine_with_sam, t0)
+
+    def _detect(self, img: np.ndarray, text, refine_with_sam: bool):
+        from grounded_sam.detectors import normalize_phrases
+
+        normalize_phrases(text)  # empty / non-string text fails before any model runs
+        detector = self.detector
+        t = time.perf_counter()
+        dets = detector.detect(img, text)
+        self._sync()
+        return dets, time.perf_counter() - t
+
+    def _decode_detections(
+        self,
+        img: np.ndarray,
+        dets,
+        t_det: float,
+        multimask_output: bool,
+        refine_with_sam: bool,
+        t0: float,
+        t_enc: float | None = None,
+    ) -> Result:
+        size = (int(img.shape[0]), int(img.shape[1]))
+        if not refine_with_sam and dets.masks is None:
+            raise ValueError(
+                f"refine_with_sam=False needs a detector that returns masks (e.g. 'yolo-clip'); "
+                f"{self.detector_name!r} returns boxes only"
+            )
+        timings = {"detector": t_det, "encoder": 0.0, "decoder": 0.0}
+        if len(dets) == 0:
+            timings["total"] = time.perf_counter() - t0
+            return Result.empty(size, timings=timings, image=img)
+        boxes = dets.boxes.astype(np.float32).copy()
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, size[1])
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, size[0])
+        if not refine_with_sam:
+            if dets.masks.shape[1:] != size:
+                raise RuntimeError(
+                    f"detector {self.detector_name!r} returned masks of size {dets.masks.shape[1:]} "
+                    f"for an image of size {size}"
+                )
+            timings["total"] = time.perf_counter() - t0
+            return Result(
+                masks=dets.masks,
+                boxes=boxes,
+                scores=dets.scores,
+                mask_scores=dets.scores,
+                labels=dets.labels,
+                image_size=size,
+                timings=timings,
+                image=img,
+            )
+        timings["encoder"] = self._set_image(img) if t_enc is None else t_enc
+        t = time.perf_counter()
+        masks, iou = self.predictor.predict_boxes(boxes, multimask_output=bool(multimask_output))
+        self._sync()
+        masks, mask_scores = _pick_best(masks, iou)
+        timings["decoder"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        return Result(
+            masks=masks,
+            boxes=boxes,
+            scores=dets.scores,
+            mask_scores=mask_scores,
+            labels=dets.labels,
+            image_size=size,
+            timings=timings,
+            image=img,
+        )
+
+    def _segment_prompts(
+        self, img: np.ndarray, points, point_labels, boxes, multimask_output: bool, t0: float
+    ) -> Result:
+        size = (int(img.shape[0]), int(img.shape[1]))
+        if points is None and boxes is None:
+            if point_labels is not None:
+                raise ValueError("point_labels given without points")
+            raise ValueError(
+                "nothing to segment: give text (e.g. 'a cat') or points=[[x, y]] or "
+                "boxes=[[x0, y0, x1, y1]]"
+            )
+        coords = labels = None
+        if points is not None:
+            coords, labels = _check_points(points, point_labels, size)
+        elif point_labels is not None:
+            raise ValueError("point_labels given without points")
+        box_arr = None
+        if boxes is not None:
+            box_arr = _clip_boxes(boxes, size, "boxes")
+            if coords is not None and box_arr.shape[0] != 1:
+                raise ValueError(
+                    f"points can be combined with one box, got {box_arr.shape[0]} boxes; "
+                    "segment the boxes alone, or one box at a time with the points"
+                )
+        t_enc = self._set_image(img)
+        t = time.perf_counter()
+        if coords is None:
+            m, s = self.predictor.predict_boxes(box_arr, multimask_output=bool(multimask_output))
+            masks, mask_scores = _pick_best(m, s)
+            out_boxes, out_labels = box_arr, ["box"] * len(box_arr)
+        else:
+            m, s, _ = self.predictor.predict(
+                point_coords=coords,
+                point_labels=labels,
+                box=None if box_arr is None else box_arr[0],
+                multimask_output=bool(multimask_output),
+            )
+            masks, mask_scores = _pick_best(m[None], s[None])
+            if box_arr is None:
+                out_boxes, out_labels = _mask_boxes(masks), ["point"]
+            else:
+                out_boxes, out_labels = box_arr, ["box"]
+        self._sync()
+        t_dec = time.perf_counter() - t
+        timings = {
+            "detector": 0.0,
+            "encoder": t_enc,
+            "decoder": t_dec,
+            "total": time.perf_counter() - t0,
+        }
+        return Result(
+            masks=masks,
+            boxes=out_boxes,
+            scores=mask_scores,
+            mask_scores=mask_scores,
+            labels=out_labels,
+            image_size=size,
+            timings=timings,
+            image=img,
+        )
+
+    # -------------------------------------------------------------------- batch
+    def segment_batch(
+        self,
+        images,
+        texts,
+        *,
+        multimask_output: bool = False,
+        refine_with_sam: bool = True,
+        batch_size: int = 4,
+    ) -> list[Result]:
+        """Segment several images: ``texts`` is one text for all or one text per image.
+
+        A single ``str`` applies to every image; a list/tuple must have one entry (a ``str``
+        or a list of phrases) per image. The detector runs per image (or through its
+        ``detect_batch(images, texts)`` when it has one); images whose embeddings are not
+        cached are encoded ``batch_size`` at a time in one encoder pass, whose time is split
+        evenly among them in ``timings["encoder"]``.
+
+        Returns:
+            one :class:`Result` per image, in order.
+        """
+        from grounded_sam.io import load_image
+
+        images = list(images)
+        if isinstance(texts, str):
+            texts = [texts] * len(images)
+        elif isinstance(texts, (list, tuple)):
+            texts = list(texts)
+            if len(texts) != len(images):
+                raise ValueError(
+                    f"texts must be one string for all images or one per image: got "
+                    f"{len(texts)} texts for {len(images)} images (join phrases of one "
+                    "prompt as 'a cat. a dog.')"
+                )
+        else:
+            raise TypeError(
+                f"texts must be a string or a list of one text per image, got {type(texts).__name__}"
+            )
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not images:
+            return []
+        from grounded_sam.detectors import normalize_phrases
+
+        for t in texts:
+            normalize_phrases(t)
+        starts, loaded = [], []
+        for im in images:
+            starts.append(time.perf_counter())
+            loaded.append(load_image(im))
+        detector = self.detector
+        if callable(getattr(detector, "detect_batch", None)):
+            t = time.perf_counter()
+            all_dets = list(detector.detect_batch(loaded, texts))
+            self._sync()
+            per = (time.perf_counter() - t) / len(loaded)
+            det_times = [per] * len(loaded)
+        else:
+            all_dets, det_times = [], []
+            for img, text in zip(loaded, texts, strict=True):
+                dets, seconds = self._detect(img, text, refine_with_sam)
+                all_dets.append(dets)
+                det_times.append(seconds)
+        enc_times: list[float | None] = [None] * len(loaded)
+        if refine_with_sam:
+            enc_times = self._encode_many(
+                [img for img, d in zip(loaded, all_dets, strict=True) if len(d)], batch_size
+            )
+            it = iter(enc_times)
+            enc_times = [next(it) if len(d) else 0.0 for d in all_dets]
+        return [
+            self._decode_detections(
+                img, dets, t_det, multimask_output, refine_with_sam, t0, t_enc=t_enc
+            )
+            for img, dets, t_det, t0, t_enc in zip(
+                loaded, all_dets, det_times, starts, enc_times, strict=True
+            )
+        ]
+
+    def _encode_many(self, images: list[np.ndarray], batch_size: int) -> list[float]:
+        """Put the embeddings of ``images`` in the cache (batched encoder passes for misses).
+
+        Returns the encoder seconds charged to each image (0.0 for cache hits).
+        """
+        import torch
+
+        from grounded_sam.predictor import ImageEmbedding
+
+        keys = [_image_key(im) for im in images]
+        seconds = [0.0] * len(images)
+        todo = []
+        for i, k in enumerate(keys):
+            if k in self._cache or any(keys[j] == k for j in todo):
+                continue
+            todo.append(i)
+        transform = self.predictor.transform
+        for s in range(0, len(todo), batch_size):
+            chunk = todo[s : s + batch_size]
+            t = time.perf_counter()
+            resized = [transform.apply_image(images[i]) for i in chunk]
+            with torch.no_grad():
+                x = torch.cat(
+                    [
+                        self.sam.preprocess(
+                            torch.as_tensor(r, device=self.device)
+                            .permute(2, 0, 1)[None]
+                            .to(torch.float32)
+                        )
+                        for r in resized
+                    ]
+                )
+                feats = self.sam.image_encoder(x)
+            self._sync()
+            per = (time.perf_counter() - t) / len(chunk)
+            self.encoder_calls += len(chunk)
+            for j, i in enumerate(chunk):
+                emb = ImageEmbedding(
+                    feats[j : j + 1],
+                    (int(images[i].shape[0]), int(images[i].shape[1])),
+                    (int(resized[j].shape[0]), int(resized[j].shape[1])),
+                )
+                self._remember(keys[i], emb)
+                seconds[i] = per
+        return seconds
+
+
+def _check_points(points, point_labels, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Validate (P, 2) xy points inside the (H, W) image and (P,) labels in {0, 1}."""
+    try:
+        coords = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"points must be a numeric (P, 2) array of x, y pixels: {e}") from e
+    if coords.ndim == 1 and coords.shape[0] == 2:
+        coords = coords[None]
+    if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
+        raise ValueError(f"points must have shape (P, 2) as x, y pixels, got {coords.shape}")
+    if not np.all(np.isfinite(coords)):
+        raise ValueError(f"points contain NaN or inf: {coords.tolist()}")
+    h, w = size
+    outside = np.nonzero(
+        (coords[:, 0] < 0) | (coords[:, 0] > w) | (coords[:, 1] < 0) | (coords[:, 1] > h)
+    )[0]
+    if outside.size:
+        i = int(outside[0])
+        raise ValueError(
+            f"point {coords[i].tolist()} lies outside the {w}x{h} (WxH) image; "
+            f"points are x in [0, {w}], y in [0, {h}] pixels"
+        )
+    if point_labels is None:
+        labels = np.ones(coords.shape[0], dtype=np.int64)
+    else:
+        labels = np.asarray(point_labels).reshape(-1)
+        if labels.shape != (coords.shape[0],):
+            raise ValueError(
+                f"point_labels must have {coords.shape[0]} entries to match points, got "
+                f"{labels.shape[0]}"
+            )
+        if not np.isin(labels, (0, 1)).all():
+            raise ValueError(
+                f"point_labels must be 1 (foreground) or 0 (background), got {labels.tolist()}"
+            )
+        labels = labels.astype(np.int64)
+    return coords, labels
+
+
+# ----------------------------------------------------------------- module-level API
+_PIPELINES: OrderedDict = OrderedDict()
+_PIPELINE_CACHE_SIZE = 4
+
+
+def _freeze(value):
+    """A hashable stand-in for a configuration value (objects by identity)."""
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    if isinstance(value, os.PathLike):
+        return ("path", os.fspath(value))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return ("id", id(value))
+
+
+def get_pipeline(
+    detector="grounding-dino",
+    sam="mobile_sam",
+    *,
+    sam_checkpoint=None,
+    device=None,
+    **detector_kwargs,
+) -> GroundedSAM:
+    """The cached :class:`GroundedSAM` for this configuration, built on first use.
+
+    Up to 4 configurations are kept (least recently used dropped first). Objects (a
+    ``Detector``, ``Sam``) are keyed by identity; names, paths and numbers by value.
+    """
+    key = _freeze(
+        {
+            "detector": detector,
+            "sam": sam,
+            "sam_checkpoint": sam_checkpoint,
+            "device": None if device is None else str(device),
+            **{f"kw:{k}": v for k, v in detector_kwargs.items()},
+        }
+    )
+    pipe = _PIPELINES.get(key)
+    if pipe is None:
+        pipe = GroundedSAM(
+            detector, sam, sam_checkpoint=sam_checkpoint, device=device, **detector_kwargs
+        )
+        _PIPELINES[key] = pipe
+        while len(_PIPELINES) > _PIPELINE_CACHE_SIZE:
+            _PIPELINES.popitem(last=False)
+    _PIPELINES.move_to_end(key)
+    return pipe
+
+
+def clear_pipelines() -> None:
+    """Drop the pipelines cached by :func:`segment` (frees their models)."""
+    _PIPELINES.clear()
+
+
+def segment(
+    image,
+    text=None,
+    *,
+    detector="grounding-dino",
+    sam="mobile_sam",
+    sam_checkpoint=None,
+    device=None,
+    points=None,
+    point_labels=None,
+    boxes=None,
+    multimask_output: bool = False,
+    refine_with_sam: bool = True,
+    **detector_kwargs,
+) -> Result:
+    """One-call grounded segmentation: ``segment("dog.jpg", "a dog")``.
+
+    Builds (once per configuration, then reuses: see :func:`get_pipeline`) a
+    :class:`GroundedSAM` from ``detector``, ``sam``, ``sam_checkpoint``, ``device`` and
+    ``detector_kwargs``, and calls its :meth:`GroundedSAM.segment` with the rest.
+    """
+    pipe = get_pipeline(
+        detector, sam, sam_checkpoint=sam_checkpoint, device=device, **detector_kwargs
+    )
+    return pipe.segment(
+        image,
+        text,
+        points=points,
+        point_labels=point_labels,
+        boxes=boxes,
+        multimask_output=multimask_output,
+        refine_with_sam=refine_with_sam,
+    )
