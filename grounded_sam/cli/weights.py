@@ -125,13 +125,16 @@ def _cmd_download(args: argparse.Namespace) -> int:
         raise UsageError("give at least one NAME (see `grounded-sam weights list`) or --all")
     for name in names:  # unknown names fail before anything is downloaded
         weights.get(name)
+    chatty = sys.stderr.isatty()  # the source line goes with the progress bar, on terminals
     for name in names:
         entry = weights.get(name)
         if entry.kind in ("sam", "yolo"):
-            sys.stderr.write(f"{name}: {weights.url_for(name)}\n")
+            if chatty:
+                sys.stderr.write(f"{name}: {weights.url_for(name)}\n")
             local = weights.fetch(name, force=args.force)
         else:
-            sys.stderr.write(f"{name}: {entry.kind} hub {entry.hub_id}\n")
+            if chatty:
+                sys.stderr.write(f"{name}: {entry.kind} hub {entry.hub_id}\n")
             local = weights.fetch(name)
         print(local, flush=True)
     return 0
