@@ -744,6 +744,7 @@ def fetch(name: str, *, force: bool = False) -> Path:
                 f"{dest}. Fetch it by hand from {entry.url} and put it there, or point "
                 "GROUNDED_SAM_MIRROR at a file:// folder that holds it"
             )
+
         def verify(p: Path) -> None:
             if entry.sha256 is None:
                 _verify(entry, p, url)
