@@ -28,7 +28,7 @@ def small_chelsea() -> np.ndarray:
     from skimage.data import chelsea
 
     img = Image.fromarray(chelsea())
-    return np.asarray(img.resize((226, 150), Image.BILINEAR))
+    return np.array(img.resize((226, 150), Image.BILINEAR))  # writable
 
 
 @pytest.fixture(scope="session")

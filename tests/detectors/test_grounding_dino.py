@@ -1,0 +1,175 @@
+"""grounding-dino: parity with a direct transformers call, phrase labels, chunking, errors."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+from grounded_sam.detectors import Detections, build_detector
+
+PHRASES = ["a cat", "a striped dog", "green grass"]
+TEXT = "A cat. a striped dog. green grass."
+
+
+@pytest.fixture(scope="module")
+def det(gdino_dir):
+    return build_detector("grounding-dino", model=gdino_dir, box_threshold=0.7, device="cpu")
+
+
+def _direct(model_dir, image: np.ndarray, prompt: str, box_threshold: float, text_threshold: float):
+    """Plain transformers: processor -> model -> post_process_grounded_object_detection."""
+    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForZeroShotObjectDetection.from_pretrained(model_dir).eval()
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs)
+    params = inspect.signature(processor.post_process_grounded_object_detection).parameters
+    kw = "threshold" if "threshold" in params else "box_threshold"
+    res = processor.post_process_grounded_object_detection(
+        out,
+        inputs["input_ids"],
+        **{kw: box_threshold},
+        text_threshold=text_threshold,
+        target_sizes=[image.shape[:2]],
+    )[0]
+    return res, out, inputs, processor
+
+
+def _phrase_token_positions(tokenizer, phrases: list[str]) -> list[list[int]]:
+    """Token positions of each phrase in '[CLS] p1 . p2 . ... [SEP]', by tokenising pieces."""
+    pos, spans = 1, []
+    for p in phrases:
+        n = len(tokenizer(p, add_special_tokens=False)["input_ids"])
+        spans.append(list(range(pos, pos + n)))
+        pos += n + len(tokenizer(".", add_special_tokens=False)["input_ids"])
+    return spans
+
+
+def test_parity_and_phrase_labels(det, gdino_dir, small_chelsea) -> None:
+    dets = det.detect(small_chelsea, TEXT)
+    res, out, inputs, processor = _direct(
+        gdino_dir, small_chelsea, "a cat. a striped dog. green grass.", 0.7, 0.25
+    )
+    assert isinstance(dets, Detections)
+    # The threshold bites: some queries kept, some dropped.
+    assert 0 < len(dets) < out.logits.shape[1]
+    np.testing.assert_array_equal(dets.boxes, res["boxes"].numpy().astype(np.float32))
+    np.testing.assert_array_equal(dets.scores, res["scores"].numpy().astype(np.float32))
+    assert dets.boxes.dtype == np.float32 and dets.masks is None
+    # Labels: the phrase whose own tokens score highest, computed here independently.
+    probs = torch.sigmoid(out.logits[0])
+    kept = probs[probs.max(-1).values > 0.7]
+    spans = _phrase_token_positions(processor.tokenizer, PHRASES)
+    expected = [PHRASES[int(np.argmax([row[s].max() for s in spans]))] for row in kept]
+    assert dets.labels == expected
+    assert set(dets.labels) <= set(PHRASES)
+    # transformers' own decoded spans are not reliable labels (merged phrases, [SEP]...).
+    assert any(lbl not in PHRASES for lbl in res["text_labels"])
+
+
+def test_list_text_and_other_inputs_equal(det, small_chelsea, tmp_path) -> None:
+    from PIL import Image
+
+    a = det.detect(small_chelsea, TEXT)
+    path = tmp_path / "chelsea.png"
+    Image.fromarray(small_chelsea).save(path)
+    b = det.detect(path, ["a cat", "A striped dog", "green grass", "a cat"])
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    assert a.labels == b.labels
+
+
+def test_box_threshold_one_gives_empty(gdino_dir, small_chelsea) -> None:
+    d = build_detector("grounding-dino", model=gdino_dir, box_threshold=1.0, device="cpu")
+    out = d.detect(small_chelsea, "a cat")
+    assert len(out) == 0 and out.boxes.shape == (0, 4) and out.labels == []
+
+
+def test_nms_is_class_aware(gdino_dir, small_chelsea) -> None:
+    from torchvision.ops import batched_nms
+
+    plain = build_detector("grounding-dino", model=gdino_dir, box_threshold=0.3, device="cpu")
+    nms = build_detector(
+        "grounding-dino", model=gdino_dir, box_threshold=0.3, nms_threshold=0.3, device="cpu"
+    )
+    a = plain.detect(small_chelsea, TEXT)
+    b = nms.detect(small_chelsea, TEXT)
+    idx = torch.tensor([PHRASES.index(lbl) for lbl in a.labels])
+    keep = np.sort(
+        batched_nms(torch.from_numpy(a.boxes), torch.from_numpy(a.scores), idx, 0.3).numpy()
+    )
+    assert len(b) == len(keep)
+    np.testing.assert_array_equal(b.boxes, a.boxes[keep])
+    assert b.labels == [a.labels[i] for i in keep]
+    # Crafted overlaps: same label suppressed, different labels kept.
+    crafted = Detections(
+        boxes=[[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]],
+        scores=[0.9, 0.8, 0.7, 0.6],
+        labels=["a cat", "a cat", "a striped dog", "a cat"],
+    )
+    out = nms._nms(crafted, PHRASES)
+    assert out.labels == ["a cat", "a striped dog", "a cat"]
+    np.testing.assert_array_equal(out.scores, np.float32([0.9, 0.7, 0.6]))
+
+
+def test_long_prompt_is_chunked_not_truncated(gdino_short_dir, small_chelsea) -> None:
+    det = build_detector("grounding-dino", model=gdino_short_dir, box_threshold=0.3, device="cpu")
+    assert det.max_text_len == 12
+    phrases = ["a cat", "a dog", "green grass", "a red car", "the sky"]
+    chunks = det.chunk_phrases(phrases)
+    assert len(chunks) >= 2
+    assert [p for c in chunks for p in c] == phrases  # whole phrases, all kept, in order
+    tok = det.tokenizer
+    for c in chunks:
+        assert len(tok(". ".join(c) + ".")["input_ids"]) <= 12
+    out = det.detect(small_chelsea, ". ".join(phrases))
+    # Same as running each chunk on its own, concatenated in chunk order.
+    parts = [det.detect(small_chelsea, c) for c in chunks]
+    np.testing.assert_array_equal(out.boxes, np.concatenate([p.boxes for p in parts]))
+    np.testing.assert_array_equal(out.scores, np.concatenate([p.scores for p in parts]))
+    assert out.labels == [lbl for p in parts for lbl in p.labels]
+    assert set(out.labels) <= set(phrases)
+    # Labels come from phrases of more than one chunk: nothing past the limit was dropped.
+    owners = {next(i for i, c in enumerate(chunks) if lbl in c) for lbl in out.labels}
+    assert len(owners) >= 2
+    with pytest.raises(ValueError, match="longer than the text encoder's limit of 12 tokens"):
+        det.detect(small_chelsea, "a big red striped fluffy cat sitting on the green grass")
+
+
+def test_missing_dir_and_bad_args(gdino_dir, tmp_path) -> None:
+    with pytest.raises(ValueError, match="directory not found.*nowhere"):
+        build_detector("grounding-dino", model=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="directory not found"):
+        build_detector("grounding-dino", model=tmp_path / "nowhere")
+    f = tmp_path / "file.bin"
+    f.write_bytes(b"x")
+    with pytest.raises(ValueError, match="is a file"):
+        build_detector("grounding-dino", model=f)
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="could not load a Grounding DINO model from directory"):
+        build_detector("grounding-dino", model=empty)
+    for kw in ({"box_threshold": 1.5}, {"text_threshold": -0.1}, {"nms_threshold": "0.5"}):
+        with pytest.raises(ValueError, match="must be a number in"):
+            build_detector("grounding-dino", model=gdino_dir, **kw)
+    with pytest.raises(TypeError, match="hub id or a local directory"):
+        build_detector("grounding-dino", model=3)
+
+
+def test_uncached_hub_id_offline(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="grounded-sam-tests/no-such-gdino.*hf download"):
+        build_detector("grounding-dino", model="grounded-sam-tests/no-such-gdino")
+
+
+def test_bad_text(det, small_chelsea) -> None:
+    with pytest.raises(ValueError, match="no phrases"):
+        det.detect(small_chelsea, " . ")
+    with pytest.raises(TypeError, match="string"):
+        det.detect(small_chelsea, 42)
+    with pytest.raises(TypeError, match="unsupported image"):
+        det.detect(object(), "a cat")
