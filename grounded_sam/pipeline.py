@@ -534,7 +534,7 @@ class GroundedSAM:
         multimask_output: bool,
         refine_with_sam: bool,
         t0: float,
-        t_enc: float | None = None,
+        encoded: tuple | None = None,
     ) -> Result:
         size = (int(img.shape[0]), int(img.shape[1]))
         if not refine_with_sam and dets.masks is None:
@@ -566,7 +566,11 @@ class GroundedSAM:
                 timings=timings,
                 image=img,
             )
-        timings["encoder"] = self._set_image(img) if t_enc is None else t_enc
+        if encoded is None:
+            timings["encoder"] = self._set_image(img)
+        else:  # (seconds, ImageEmbedding) from _encode_many
+            timings["encoder"] = encoded[0]
+            self.predictor.set_embedding(encoded[1])
         t = time.perf_counter()
         masks, iou = self.predictor.predict_boxes(boxes, multimask_output=bool(multimask_output))
         self._sync()
@@ -708,38 +712,43 @@ class GroundedSAM:
                 dets, seconds = self._detect(img, text, refine_with_sam)
                 all_dets.append(dets)
                 det_times.append(seconds)
-        enc_times: list[float | None] = [None] * len(loaded)
+        encoded: list[tuple | None] = [None] * len(loaded)
         if refine_with_sam:
-            enc_times = self._encode_many(
-                [img for img, d in zip(loaded, all_dets, strict=True) if len(d)], batch_size
-            )
-            it = iter(enc_times)
-            enc_times = [next(it) if len(d) else 0.0 for d in all_dets]
+            todo = [i for i, d in enumerate(all_dets) if len(d)]
+            for i, enc in zip(
+                todo, self._encode_many([loaded[i] for i in todo], batch_size), strict=True
+            ):
+                encoded[i] = enc
         return [
             self._decode_detections(
-                img, dets, t_det, multimask_output, refine_with_sam, t0, t_enc=t_enc
+                img, dets, t_det, multimask_output, refine_with_sam, t0, encoded=enc
             )
-            for img, dets, t_det, t0, t_enc in zip(
-                loaded, all_dets, det_times, starts, enc_times, strict=True
+            for img, dets, t_det, t0, enc in zip(
+                loaded, all_dets, det_times, starts, encoded, strict=True
             )
         ]
 
-    def _encode_many(self, images: list[np.ndarray], batch_size: int) -> list[float]:
-        """Put the embeddings of ``images`` in the cache (batched encoder passes for misses).
+    def _encode_many(self, images: list[np.ndarray], batch_size: int) -> list[tuple]:
+        """Embed ``images``: cache hits reused, misses encoded ``batch_size`` per encoder pass
+        (and cached).
 
-        Returns the encoder seconds charged to each image (0.0 for cache hits).
+        Returns ``(encoder seconds charged to the image (0.0 for a hit), ImageEmbedding)`` per
+        image.
         """
         import torch
 
         from grounded_sam.predictor import ImageEmbedding
 
         keys = [_image_key(im) for im in images]
-        seconds = [0.0] * len(images)
+        out: list = [None] * len(images)
+        fresh: dict = {}  # key -> embedding computed in this call
         todo = []
         for i, k in enumerate(keys):
-            if k in self._cache or any(keys[j] == k for j in todo):
-                continue
-            todo.append(i)
+            if k in self._cache:
+                self._cache.move_to_end(k)
+                out[i] = (0.0, self._cache[k])
+            elif not any(keys[j] == k for j in todo):
+                todo.append(i)
         transform = self.predictor.transform
         for s in range(0, len(todo), batch_size):
             chunk = todo[s : s + batch_size]
@@ -767,8 +776,12 @@ class GroundedSAM:
                     (int(resized[j].shape[0]), int(resized[j].shape[1])),
                 )
                 self._remember(keys[i], emb)
-                seconds[i] = per
-        return seconds
+                fresh[keys[i]] = emb
+                out[i] = (per, emb)
+        for i, k in enumerate(keys):  # repeats of an image encoded above
+            if out[i] is None:
+                out[i] = (0.0, fresh[k])
+        return out
 
 
 def _check_points(points, point_labels, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

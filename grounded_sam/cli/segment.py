@@ -1,0 +1,303 @@
+"""``grounded-sam segment IMAGE... --text T | --point X,Y[,L]... | --box X0,Y0,X1,Y1... --out DIR``.
+
+Per image, ``<out>/<stem>/result.json`` (COCO-style annotations with RLE), ``overlay.png`` and
+``masks/NNN_<label>.png``, written into a temporary folder renamed into place on success.
+A bad image is reported as one ``error:`` line and leaves no folder; the others are still done
+and the exit code is then 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from grounded_sam.cli._common import UsageError, add_debug_arg, add_sam_args, atomic_dir, progress
+
+__all__ = ["add_parser", "parse_point", "parse_box"]
+
+_GDINO = "grounding-dino"
+_YOLO_CLIP = "yolo-clip"
+
+
+def _floats(text: str, what: str, counts: tuple[int, ...], form: str) -> list[float]:
+    parts = text.split(",")
+    if len(parts) not in counts:
+        raise argparse.ArgumentTypeError(
+            f"{what} {text!r} must be {form} ({' or '.join(map(str, counts))} comma-separated "
+            f"numbers), got {len(parts)}"
+        )
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{what} {text!r} must be {form} with numbers, e.g. "
+            f"{'120,80' if what == '--point' else '10,20,200,180'}"
+        ) from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{what} {text!r} must be finite numbers")
+    return values
+
+
+def parse_point(text: str) -> tuple[float, float, int]:
+    """``"X,Y"`` or ``"X,Y,L"`` -> (x, y, label); label 1 foreground (default), 0 background."""
+    values = _floats(text, "--point", (2, 3), "X,Y or X,Y,LABEL")
+    label = 1 if len(values) == 2 else values[2]
+    if label not in (0, 1):
+        raise argparse.ArgumentTypeError(
+            f"--point {text!r}: the label must be 1 (foreground) or 0 (background), got {label:g}"
+        )
+    return values[0], values[1], int(label)
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``"X0,Y0,X1,Y1"`` pixels -> a tuple of 4 floats (clipped to the image later)."""
+    x0, y0, x1, y1 = _floats(text, "--box", (4,), "X0,Y0,X1,Y1")
+    if x1 <= x0 or y1 <= y0:
+        raise argparse.ArgumentTypeError(
+            f"--box {text!r} is degenerate: need X0 < X1 and Y0 < Y1 (top-left, bottom-right)"
+        )
+    return x0, y0, x1, y1
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``segment`` on ``subparsers``."""
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment images from a text prompt, points or boxes",
+        description=(
+            "Segment the objects named by --text (a detector finds boxes, SAM turns them into "
+            "masks), or SAM's own --point/--box prompts. Writes <out>/<stem>/result.json, "
+            "overlay.png and masks/ per image."
+        ),
+    )
+    add_debug_arg(parser)
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--text", default=None, metavar="T", help="prompt, e.g. 'a cat. a dog.'")
+    parser.add_argument(
+        "--point",
+        action="append",
+        type=parse_point,
+        default=None,
+        metavar="X,Y[,L]",
+        help="point prompt in pixels; L is 1 foreground (default) or 0 background; repeatable",
+    )
+    parser.add_argument(
+        "--box",
+        action="append",
+        type=parse_box,
+        default=None,
+        metavar="X0,Y0,X1,Y1",
+        help="box prompt in pixels (clipped to the image); repeatable, one instance per box",
+    )
+    parser.add_argument(
+        "--detector",
+        default=_GDINO,
+        metavar="NAME",
+        help=f"{_GDINO} (default), {_YOLO_CLIP} or a registered detector name",
+    )
+    parser.add_argument(
+        "--detector-model",
+        default=None,
+        metavar="ID|DIR",
+        help=f"{_GDINO}: hub id or local save_pretrained folder",
+    )
+    parser.add_argument("--yolo", default=None, metavar="NAME|PATH", help=f"{_YOLO_CLIP}: YOLO-seg")
+    parser.add_argument(
+        "--clip", default=None, metavar="NAME", help=f"{_YOLO_CLIP}: open_clip model"
+    )
+    parser.add_argument(
+        "--clip-pretrained",
+        default=None,
+        metavar="TAG|PATH",
+        help=f"{_YOLO_CLIP}: open_clip pretrained tag or state-dict file",
+    )
+    add_sam_args(parser)
+    parser.add_argument(
+        "--box-threshold",
+        type=_threshold,
+        default=None,
+        metavar="F",
+        help=f"minimum detection score ({_GDINO}: box_threshold; {_YOLO_CLIP}: score_threshold)",
+    )
+    parser.add_argument(
+        "--text-threshold",
+        type=_threshold,
+        default=None,
+        metavar="F",
+        help=f"{_GDINO}: minimum phrase-token score",
+    )
+    parser.add_argument(
+        "--multimask",
+        action="store_true",
+        help="3 SAM candidates per prompt, keep the best-scored one",
+    )
+    parser.add_argument(
+        "--no-refine",
+        action="store_true",
+        help=f"{_YOLO_CLIP}: keep the YOLO masks, skip SAM",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _detector_kwargs(args: argparse.Namespace) -> dict:
+    """Map the detector options onto the chosen detector's constructor arguments."""
+    name = args.detector
+    gdino_only = {"--detector-model": args.detector_model, "--text-threshold": args.text_threshold}
+    yolo_only = {
+        "--yolo": args.yolo,
+        "--clip": args.clip,
+        "--clip-pretrained": args.clip_pretrained,
+    }
+    kw: dict = {}
+    if name == _GDINO:
+        wrong = [k for k, v in yolo_only.items() if v is not None]
+        if wrong:
+            raise UsageError(f"{', '.join(wrong)} only apply to --detector {_YOLO_CLIP}")
+        if args.detector_model is not None:
+            kw["model"] = args.detector_model
+        if args.box_threshold is not None:
+            kw["box_threshold"] = args.box_threshold
+        if args.text_threshold is not None:
+            kw["text_threshold"] = args.text_threshold
+    elif name == _YOLO_CLIP:
+        wrong = [k for k, v in gdino_only.items() if v is not None]
+        if wrong:
+            raise UsageError(f"{', '.join(wrong)} only apply to --detector {_GDINO}")
+        for key, value in (
+            ("yolo", args.yolo),
+            ("clip", args.clip),
+            ("clip_pretrained", args.clip_pretrained),
+            ("score_threshold", args.box_threshold),
+        ):
+            if value is not None:
+                kw[key] = value
+    else:  # third-party detector: pass what was given under the generic names
+        wrong = [k for k, v in {**gdino_only, **yolo_only}.items() if v is not None]
+        wrong = [k for k in wrong if k != "--text-threshold"]
+        if wrong:
+            raise UsageError(f"{', '.join(wrong)} do not apply to --detector {name}")
+        if args.box_threshold is not None:
+            kw["box_threshold"] = args.box_threshold
+        if args.text_threshold is not None:
+            kw["text_threshold"] = args.text_threshold
+    return kw
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    prompts = args.point is not None or args.box is not None
+    if args.text is not None:
+        if not args.text.replace(".", " ").strip():
+            raise UsageError(f"--text {args.text!r} is empty; give e.g. --text 'a cat. a dog.'")
+        if prompts:
+            raise UsageError("give --text or --point/--box, not both")
+    elif not prompts:
+        raise UsageError("nothing to segment: give --text T, or --point X,Y / --box X0,Y0,X1,Y1")
+    if args.no_refine and args.text is None:
+        raise UsageError("--no-refine applies to --text prompts (detector masks) only")
+    if args.no_refine and args.detector == _GDINO:
+        raise UsageError(
+            f"--no-refine needs a detector that returns masks (--detector {_YOLO_CLIP}); "
+            f"{_GDINO} gives boxes only"
+        )
+    if args.point is not None and args.box is not None and len(args.box) > 1:
+        raise UsageError(
+            f"--point can be combined with one --box, got {len(args.box)} boxes; "
+            "segment the boxes alone or one box at a time with the points"
+        )
+
+
+def _unique_stems(paths: list[str]) -> list[str]:
+    """File stems, made unique with ``_2``, ``_3``... so two inputs never share a folder."""
+    seen: Counter = Counter()
+    out = []
+    for p in paths:
+        stem = Path(p).stem or "image"
+        seen[stem] += 1
+        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return out
+
+
+def _summary(name: str, result, seconds: float, where: Path) -> str:
+    counts = Counter(result.labels)
+    per_label = ", ".join(f"{label}: {n}" for label, n in counts.items())
+    n = len(result)
+    what = f"{n} instance{'s' if n != 1 else ''}" + (f" ({per_label})" if n else "")
+    return f"{name}: {what} in {seconds:.2f} s -> {where}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment every image; 0 if all were done, 2 if any was bad (the rest still done)."""
+    from grounded_sam.io import load_image
+    from grounded_sam.pipeline import GroundedSAM
+
+    _check_args(args)
+    kw = _detector_kwargs(args) if args.text is not None else {}
+    if args.sam_checkpoint is not None and not Path(args.sam_checkpoint).is_file():
+        raise UsageError(f"--sam-checkpoint {args.sam_checkpoint!r}: no such file")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} exists and is not a folder")
+    pipe = GroundedSAM(
+        args.detector, args.sam, sam_checkpoint=args.sam_checkpoint, device=args.device, **kw
+    )
+    if args.text is not None:
+        pipe.detector  # noqa: B018 - build it now: a bad detector option fails once, up front
+    points = labels = boxes = None
+    if args.point is not None:
+        points = [[x, y] for x, y, _ in args.point]
+        labels = [lab for _, _, lab in args.point]
+    if args.box is not None:
+        boxes = [list(b) for b in args.box]
+
+    failed = 0
+    stems = _unique_stems(args.images)
+    for path, stem in progress(
+        list(zip(args.images, stems, strict=True)), total=len(stems), desc="segment"
+    ):
+        t0 = time.perf_counter()
+        try:
+            image = load_image(path)
+            result = pipe.segment(
+                image,
+                args.text,
+                points=points,
+                point_labels=labels,
+                boxes=boxes,
+                multimask_output=args.multimask,
+                refine_with_sam=not args.no_refine,
+            )
+        except (ValueError, TypeError) as e:
+            failed += 1
+            if getattr(args, "debug", False):
+                import traceback
+
+                traceback.print_exc()
+            sys.stderr.write(f"error: {path}: {e}\n")
+            continue
+        final = out / stem
+        with atomic_dir(final) as tmp:
+            result.save(tmp)
+        print(_summary(path, result, time.perf_counter() - t0, final), flush=True)
+    if failed:
+        if len(stems) > 1:
+            sys.stderr.write(
+                f"{failed} of {len(stems)} images failed, {len(stems) - failed} done\n"
+            )
+        return 2
+    return 0
