@@ -95,28 +95,28 @@ def comparison_table(runs: Sequence[dict[str, Any]]) -> str:
 
 
 def _chart(runs: Sequence[dict[str, Any]], path: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # A bare Figure (no pyplot): no global backend switch, nothing left open in the host app.
+    from matplotlib.figure import Figure
 
     metric = "mask_AP" if all(m.get("mask_AP") is not None for m in runs) else "mIoU"
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    try:
-        for m in runs:
-            x, y = _lat(m, "total"), m.get(metric)
-            if x is None or y is None:
-                continue
-            ax.scatter([x], [y], s=40)
-            ax.annotate(_name(m), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        ax.set_xlabel("median latency per image (ms)")
-        ax.set_ylabel(metric)
-        ax.set_title(f"{metric} vs latency")
-        ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    ax = fig.subplots()
+    xs = []
+    for m in runs:
+        x, y = _lat(m, "total"), m.get(metric)
+        if x is None or y is None:
+            continue
+        xs.append(x)
+        ax.scatter([x], [y], s=40)
+        ax.annotate(_name(m), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("median latency per image (ms)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs latency")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
     return metric
 
 

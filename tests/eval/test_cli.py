@@ -163,3 +163,22 @@ def test_shipped_configs_parse(name):
     detectors = {r.detector for r in cfg.runs}
     assert {"gt-boxes", "grounding-dino", "yolo-clip"} <= detectors
     assert {r.sam for r in cfg.runs if r.refine_with_sam} == {"mobile_sam", "vit_h"}
+
+
+@pytest.mark.slow
+def test_eval_cli_end_to_end_with_mobile_sam_checkpoint(coco, tmp_path):
+    """No injection: the CLI builds MobileSAM from an official-format checkpoint file."""
+    from sam_refs import meta_mobile_sam, save_checkpoint
+
+    ckpt = save_checkpoint(meta_mobile_sam(), tmp_path / "mobile_sam.pt")
+    out = tmp_path / "run"
+    argv = ["eval", "--annotations", str(coco["annotations"]), "--images", str(coco["images"]),
+            "--detector", "gt-boxes", "--sam", "mobile_sam", "--sam-checkpoint", str(ckpt),
+            "--device", "cpu", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["complete"] and m["n_images"] == 3 and m["n_detections"] == 5
+    assert m["latency_ms"]["encoder"]["n"] == 3 and m["latency_ms"]["encoder"]["median"] > 0
+    assert m["peak_memory"]["device"] == "cpu"
+    assert m["config"]["run"]["sam_checkpoint"] == str(ckpt)
+    assert 0.0 <= m["mIoU"] <= 1.0
