@@ -152,3 +152,19 @@ def test_full_size_vit_b_32_state_dict(yolo_seg_pt, small_chelsea, tmp_path) -> 
     out = det.detect(small_chelsea, "a cat")
     assert len(out) > 0 and set(out.labels) == {"a cat"}
     assert out.masks.shape[1:] == small_chelsea.shape[:2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(det, yolo_seg_pt, tiny_clip, small_chelsea) -> None:
+    name, state = tiny_clip
+    kw = {**KW, "device": None}  # None -> cuda
+    gpu = build_detector(
+        "yolo-clip", yolo=yolo_seg_pt, clip=name, clip_pretrained=state, score_threshold=0.0, **kw
+    )
+    assert gpu.device.type == "cuda" and next(gpu.encoder.model.parameters()).is_cuda
+    a, b = det.detect(small_chelsea, "a cat"), gpu.detect(small_chelsea, "a cat")
+    assert len(a) == len(b) > 0
+    order_a, order_b = np.lexsort(a.boxes.T), np.lexsort(b.boxes.T)
+    np.testing.assert_allclose(b.boxes[order_b], a.boxes[order_a], atol=0.5)
+    np.testing.assert_allclose(b.scores[order_b], a.scores[order_a], atol=2e-3)
+    assert np.mean(b.masks[order_b] == a.masks[order_a]) > 0.999
