@@ -167,3 +167,37 @@ def test_resolve_device() -> None:
     assert det_base.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="invalid device"):
         det_base.resolve_device("gpu-please")
+
+
+def test_import_is_light() -> None:
+    """Importing the detectors package (and both modules) pulls in no heavy library."""
+    import subprocess
+
+    code = (
+        "import sys, grounded_sam.detectors, grounded_sam.detectors.grounding_dino, "
+        "grounded_sam.detectors.yolo_clip; "
+        "print([m for m in ('torch', 'transformers', 'ultralytics', 'open_clip') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "kwargs", "hint"),
+    [
+        ("grounding-dino", "transformers", {"model": "org/model"}, "pip install 'transformers"),
+        ("yolo-clip", "ultralytics", {"yolo": __file__}, "pip install 'ultralytics"),
+    ],
+)
+def test_missing_library_install_hint(monkeypatch, name, module, kwargs, hint) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
+    with pytest.raises(ImportError, match=hint):
+        build_detector(name, device="cpu", **kwargs)
+
+
+def test_missing_open_clip_install_hint(monkeypatch) -> None:
+    from grounded_sam.detectors.yolo_clip import OpenClipEncoder
+
+    monkeypatch.setitem(sys.modules, "open_clip", None)
+    with pytest.raises(ImportError, match="pip install 'open_clip_torch"):
+        OpenClipEncoder("ViT-B-32", "openai", device=torch.device("cpu"))
