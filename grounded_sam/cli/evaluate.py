@@ -115,6 +115,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     out.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images")
     out.add_argument("--name", help="run name shown in comparisons (default DETECTOR__SAM)")
     out.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        metavar="N",
+        help="untimed warm-up calls on the first image (default 1; --config: its 'warmup')",
+    )
+    out.add_argument(
         "--overwrite",
         action="store_true",
         help="discard a previous run in --out instead of resuming",
@@ -224,9 +231,11 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     if given:
         raise UsageError(
             f"--config takes the dataset and pipelines from the file; drop {', '.join(given)} "
-            "(only --out, --limit, --device and --overwrite override it)"
+            "(only --out, --limit, --device, --warmup and --overwrite override it)"
         )
     config = load_config(args.config, out=args.out, limit=args.limit, device=args.device)
+    if args.warmup is not None:
+        config.warmup = args.warmup
     run_dirs = run_grid(config, overwrite=args.overwrite)
     from grounded_sam.eval.compare import load_run
 

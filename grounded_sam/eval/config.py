@@ -32,13 +32,24 @@ from grounded_sam.eval.runner import SCORE_MODES, RunSpec, build_pipeline, evalu
 
 __all__ = ["GridConfig", "load_config", "run_grid"]
 
-_TOP_KEYS = {"out", "limit", "device", "dataset", "detectors", "sams", "score", "multimask_output"}
+_TOP_KEYS = {
+    "out",
+    "limit",
+    "device",
+    "dataset",
+    "detectors",
+    "sams",
+    "score",
+    "multimask_output",
+    "warmup",
+}
 _DET_KEYS = {"name", "detector", "args", "refine_with_sam"}
 _SAM_KEYS = {"name", "sam", "checkpoint"}
 
 
 class GridConfig:
-    """A parsed config: ``dataset`` spec dict, ``out`` folder, ``limit`` and the run specs."""
+    """A parsed config: ``dataset`` spec dict, ``out`` folder, ``limit``, the run specs and
+    the number of untimed ``warmup`` calls per run."""
 
     def __init__(
         self,
@@ -47,8 +58,10 @@ class GridConfig:
         limit: int | None,
         runs: list[RunSpec],
         source: str,
+        warmup: int = 1,
     ) -> None:
         self.dataset = dataset
+        self.warmup = warmup
         self.out = out
         self.limit = limit
         self.runs = runs
@@ -151,7 +164,10 @@ def load_config(
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"{where}: run names {dup} repeat; give distinct 'name's")
-    return GridConfig(dict(dataset), Path(out_dir), lim, runs, where)
+    warmup = cfg.get("warmup", 1)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"{where}: warmup must be an integer >= 0, got {warmup!r}")
+    return GridConfig(dict(dataset), Path(out_dir), lim, runs, where, warmup=warmup)
 
 
 def run_grid(
@@ -189,6 +205,7 @@ def run_grid(
             oracle=oracle,
             overwrite=overwrite,
             show_progress=show_progress,
+            warmup=config.warmup,
         )
         run_dirs.append(run_dir)
         del pipeline, oracle, sam, det

@@ -151,6 +151,10 @@ def test_load_config_errors(tmp_path):
         load_config(bad)
     cfg = load_config(bad, out=tmp_path / "o", limit=3)
     assert [r.name for r in cfg.runs] == ["gt-boxes__mobile_sam"] and cfg.limit == 3
+    assert cfg.warmup == 1
+    bad.write_text("dataset: {}\nout: x\ndetectors: [gt-boxes]\nsams: [mobile_sam]\nwarmup: -1\n")
+    with pytest.raises(ValueError, match="warmup must be an integer >= 0"):
+        load_config(bad)
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "nope.yaml")
 
