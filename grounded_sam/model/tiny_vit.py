@@ -22,9 +22,9 @@ additive mask.
 
 Every convolution that is followed by BatchNorm is a :class:`Conv2dBN` holding the two modules
 separately (checkpoint names ``c`` and ``bn``), so :meth:`TinyViT.fuse` can fold the BatchNorm
-into the convolution after loading. Transformer stages keep their tokens as (B, H, W, C), which
-is the memory layout of a channels-last (B, C, H, W) tensor, so the local convolutions work on
-permuted views without copies.
+into the convolution after loading. The forward pass runs channels-last; transformer stages keep
+their tokens as (B, H, W, C), the memory layout of a channels-last (B, C, H, W) tensor, so
+moving between convolutions and token-wise layers needs no copies.
 """
 
 from __future__ import annotations
@@ -229,15 +229,30 @@ class _WindowAttention(nn.Module):
             "attention_bias_idxs", _window_offset_index(window_size), persistent=False
         )
 
+        self._bias_cache: tuple[tuple, torch.Tensor] | None = None
+
     def attention_bias(self) -> torch.Tensor:
-        """The additive (num_heads, N, N) attention bias, N = window_size ** 2."""
-        return self.attention_biases[:, self.attention_bias_idxs]
+        """The additive (num_heads, N, N) attention bias, N = window_size ** 2.
+
+        With autograd off (``no_grad``/``inference_mode``) the gathered bias is cached until ``attention_biases``
+        changes (any in-place update, ``load_state_dict`` included, bumps its version) or moves.
+        """
+        table = self.attention_biases
+        if torch.is_grad_enabled() or table.is_inference():
+            return table[:, self.attention_bias_idxs]
+        key = (table._version, table.data_ptr(), table.device, table.dtype)
+        if self._bias_cache is None or self._bias_cache[0] != key:
+            with torch.no_grad():
+                self._bias_cache = (key, table[:, self.attention_bias_idxs])
+        return self._bias_cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3, self.head_dim)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each (b, heads, n, head_dim)
-        bias = self.attention_bias().to(q.dtype)
+        # A 4-D (1, heads, n, n) mask: with a 3-D one PyTorch's CPU dispatch falls back from the
+        # fused (flash) kernel to the unfused math path, about 5x slower here.
+        bias = self.attention_bias().to(q.dtype)[None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
@@ -530,10 +545,12 @@ class TinyViT(nn.Module):
                 f"TinyViT expects a floating-point batch (normalise the uint8 image first); "
                 f"got dtype {x.dtype}"
             )
-        x = self.patch_embed(x)
+        # Channels-last throughout: the oneDNN/cuDNN convolutions run faster on it, and the
+        # attention stages' (B, H, W, C) tokens are then free views of the (B, C, H, W) maps.
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
         for layer in self.layers:
             x = layer(x)
-        return self.neck(x)
+        return self.neck(x).contiguous()
 
 
 def tiny_vit_5m(**overrides: object) -> TinyViT:
