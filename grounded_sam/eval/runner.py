@@ -487,6 +487,7 @@ def evaluate(
         out_dir: run folder (see the module docstring for its files).
         spec: the configuration recorded in ``run.json``/``metrics.json`` and checked on
             restart; its ``refine_with_sam``, ``multimask_output`` and ``score`` are applied.
+            ``None``: the pipeline's detector name and ``sam="custom"`` are recorded.
         oracle: the ``gt-boxes`` detector inside ``pipeline``, given its target per prompt.
         overwrite: discard a previous run in ``out_dir`` instead of resuming it.
         show_progress: a progress bar on stderr when it is a terminal.
@@ -500,8 +501,9 @@ def evaluate(
     """
     from grounded_sam.cli._common import progress
 
-    if spec is None:
-        spec = RunSpec(detector=type(getattr(pipeline, "detector", pipeline)).__name__)
+    if spec is None:  # describe the pipeline without building a lazily built detector
+        det_name = getattr(pipeline, "detector_name", None) or type(pipeline).__name__
+        spec = RunSpec(detector=str(det_name), sam="custom")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
     out = Path(out_dir)

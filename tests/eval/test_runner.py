@@ -183,3 +183,16 @@ def tiny_sam():
     from sam_refs import meta_tiny_vit_sam, ours_tiny_vit_sam
 
     return ours_tiny_vit_sam(meta_tiny_vit_sam().state_dict())
+
+
+def test_evaluate_without_spec_records_detector_name(coco, tmp_path):
+    from grounded_sam.pipeline import GroundedSAM
+
+    ds = CocoDataset(coco["annotations"], coco["images"], limit=1)
+    pipe = GroundedSAM(EmptyDetector(), PerfectPredictor(coco))
+    m = evaluate(ds, pipe, tmp_path / "run", show_progress=False, warmup=0)
+    assert m["config"]["run"]["detector"] == "EmptyDetector"
+    assert m["config"]["protocol"] == {"warmup": 0}
+    assert m["n_images"] == 1 and m["mIoU"] == 0.0
+    with pytest.raises(ValueError, match="warmup"):
+        evaluate(ds, pipe, tmp_path / "run2", show_progress=False, warmup=-1)
