@@ -186,3 +186,28 @@ def test_eval_cli_end_to_end_with_mobile_sam_checkpoint(coco, tmp_path):
     assert m["peak_memory"]["device"] == "cpu"
     assert m["config"]["run"]["sam_checkpoint"] == str(ckpt)
     assert 0.0 <= m["mIoU"] <= 1.0
+
+
+def test_ctrl_c_leaves_partial_outputs_and_rerun_finishes(coco, tmp_path, monkeypatch, capsys):
+    from conftest import InterruptAfter
+
+    interrupt = {"after": 2}
+
+    def build(spec, *, sam=None, detector=None):
+        pipe, oracle = _real_build(spec, sam=PerfectPredictor(coco), detector=detector)
+        return (InterruptAfter(pipe, interrupt["after"]) if interrupt["after"] else pipe), oracle
+
+    monkeypatch.setattr(eval_runner, "build_pipeline", build)
+    out = tmp_path / "run"
+    argv = ["eval", "--annotations", str(coco["annotations"]), "--images", str(coco["images"]),
+            "--detector", "gt-boxes", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    partial = json.loads((out / "metrics.json").read_text())
+    assert partial["complete"] is False and partial["n_images"] == 2
+    assert "PARTIAL" in (out / "report.md").read_text()
+    interrupt["after"] = 0
+    assert main(argv) == 0
+    done = json.loads((out / "metrics.json").read_text())
+    assert done["complete"] is True and done["n_images"] == 3
+    assert done["mask_AP"] == pytest.approx(1.0)
