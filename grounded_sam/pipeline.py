@@ -237,9 +237,7 @@ class Result:
                     "this Result keeps no image: pass it, e.g. result.overlay(image=...)"
                 )
             return self.image
-        from grounded_sam.io import load_image
-
-        img = load_image(image)
+        img = read_image(image)
         if img.shape[:2] != self.image_size:
             raise ValueError(
                 f"image has size {img.shape[:2]} but the result is for an image of size "
@@ -283,7 +281,26 @@ class Result:
 
 # ---------------------------------------------------------------------------- pipeline
 _BUILTIN_DETECTORS = ("grounding-dino", "yolo-clip")
-_SAM_PROMPT_LABELS = ("point", "box")
+_DEFERRED_DEVICE = object()  # placeholder: "the SAM device", filled in once SAM is built
+
+
+def read_image(image) -> np.ndarray:
+    """:func:`grounded_sam.load_image`, where an ``ImportError`` while identifying a file means
+    the file is not a readable image (``ValueError``).
+
+    Importing ultralytics (``yolo-clip``, MobileSAM references) patches ``PIL.Image.open`` so
+    that a file PIL cannot identify triggers an import of the optional ``pi_heif``; without
+    this guard a text file named ``.jpg`` would surface as ``ModuleNotFoundError``.
+    """
+    from grounded_sam.io import load_image
+
+    try:
+        return load_image(image)
+    except ImportError as e:
+        raise ValueError(
+            f"{str(image)!r} is not a readable image (PIL cannot identify it; {e}); expected "
+            "a JPEG, PNG, TIFF, BMP or WebP file"
+        ) from e
 
 
 def _image_key(image: np.ndarray) -> tuple:
@@ -369,26 +386,6 @@ class GroundedSAM:
 
         if not isinstance(cache_size, int) or cache_size < 1:
             raise ValueError(f"cache_size must be an integer >= 1, got {cache_size!r}")
-        # SAM ------------------------------------------------------------------
-        if isinstance(sam, SamPredictor):
-            predictor = sam
-            if device is not None:
-                predictor.model.to(resolve_device(device))
-        elif isinstance(sam, torch.nn.Module):
-            if device is not None:
-                sam.to(resolve_device(device))
-            predictor = SamPredictor(sam)
-        elif isinstance(sam, str):
-            predictor = SamPredictor(build_sam(sam, checkpoint=sam_checkpoint, device=device))
-        else:
-            raise TypeError(
-                f"sam must be a variant name, a Sam or a SamPredictor, got {type(sam).__name__}"
-            )
-        if sam_checkpoint is not None and not isinstance(sam, str):
-            raise ValueError("sam_checkpoint only applies when sam is a variant name")
-        self.predictor = predictor
-        self.sam = predictor.model
-        self.device = self.sam.device
         # detector (built lazily) ------------------------------------------------
         if isinstance(detector, str):
             known = list_detectors()
@@ -400,7 +397,7 @@ class GroundedSAM:
             self._detector = None
             self._detector_kwargs = dict(detector_kwargs)
             if detector in _BUILTIN_DETECTORS:
-                self._detector_kwargs.setdefault("device", self.device)
+                self._detector_kwargs.setdefault("device", _DEFERRED_DEVICE)
             elif device is not None:
                 self._detector_kwargs.setdefault("device", device)
         elif callable(getattr(detector, "detect", None)):
@@ -417,6 +414,28 @@ class GroundedSAM:
                 "detector must be a detector name or an object with detect(image, text), got "
                 f"{type(detector).__name__}"
             )
+        # SAM ------------------------------------------------------------------
+        if sam_checkpoint is not None and not isinstance(sam, str):
+            raise ValueError("sam_checkpoint only applies when sam is a variant name")
+        if isinstance(sam, SamPredictor):
+            predictor = sam
+            if device is not None:
+                predictor.model.to(resolve_device(device))
+        elif isinstance(sam, torch.nn.Module):
+            if device is not None:
+                sam.to(resolve_device(device))
+            predictor = SamPredictor(sam)
+        elif isinstance(sam, str):
+            predictor = SamPredictor(build_sam(sam, checkpoint=sam_checkpoint, device=device))
+        else:
+            raise TypeError(
+                f"sam must be a variant name, a Sam or a SamPredictor, got {type(sam).__name__}"
+            )
+        self.predictor = predictor
+        self.sam = predictor.model
+        self.device = self.sam.device
+        if self._detector_kwargs.get("device") is _DEFERRED_DEVICE:
+            self._detector_kwargs["device"] = self.device
         self.cache_size = cache_size
         self._cache: OrderedDict = OrderedDict()
         self.encoder_calls = 0
@@ -502,10 +521,8 @@ class GroundedSAM:
                 points/boxes, malformed points/boxes, or ``refine_with_sam=False`` with a
                 detector that returns no masks.
         """
-        from grounded_sam.io import load_image
-
         t0 = time.perf_counter()
-        img = load_image(image)
+        img = read_image(image)
         if text is None:
             return self._segment_prompts(img, points, point_labels, boxes, multimask_output, t0)
         if points is not None or point_labels is not None or boxes is not None:
@@ -670,8 +687,6 @@ class GroundedSAM:
         Returns:
             one :class:`Result` per image, in order.
         """
-        from grounded_sam.io import load_image
-
         images = list(images)
         if isinstance(texts, str):
             texts = [texts] * len(images)
@@ -698,7 +713,7 @@ class GroundedSAM:
         starts, loaded = [], []
         for im in images:
             starts.append(time.perf_counter())
-            loaded.append(load_image(im))
+            loaded.append(read_image(im))
         detector = self.detector
         if callable(getattr(detector, "detect_batch", None)):
             t = time.perf_counter()

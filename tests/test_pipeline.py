@@ -314,10 +314,14 @@ def test_bad_prompts_raise_before_any_model_runs(kwargs, error, match):
 
 
 def test_bad_images_raise_clear_errors(tmp_path):
+    import ultralytics  # noqa: F401  (patches PIL.Image.open; a text file must still be a ValueError)
+
     gs = GroundedSAM(StubDetector([], [], []), tiny_sam())
     (tmp_path / "x.jpg").write_text("not an image")
     with pytest.raises(ValueError, match="not a readable image"):
         gs.segment(tmp_path / "x.jpg", "a cat")
+    with pytest.raises(ValueError, match="not a readable image"):
+        gs.segment_batch([small_chelsea(), tmp_path / "x.jpg"], "a cat")
     with pytest.raises(ValueError, match="not found"):
         gs.segment(tmp_path / "missing.png", "a cat")
     with pytest.raises(TypeError, match="unsupported image input"):

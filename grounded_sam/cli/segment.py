@@ -243,8 +243,7 @@ def _summary(name: str, result, seconds: float, where: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Segment every image; 0 if all were done, 2 if any was bad (the rest still done)."""
-    from grounded_sam.io import load_image
-    from grounded_sam.pipeline import GroundedSAM
+    from grounded_sam.pipeline import GroundedSAM, read_image
 
     _check_args(args)
     kw = _detector_kwargs(args) if args.text is not None else {}
@@ -272,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     ):
         t0 = time.perf_counter()
         try:
-            image = load_image(path)
+            image = read_image(path)
             result = pipe.segment(
                 image,
                 args.text,
