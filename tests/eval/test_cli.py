@@ -13,6 +13,12 @@ import grounded_sam.eval.runner as eval_runner
 from grounded_sam.cli import main
 from grounded_sam.eval import compare_runs, load_config
 
+# pycocotools' Cython RLE objects trip a numpy 2 DeprecationWarning on every decode
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+
+
 _real_build = eval_runner.build_pipeline
 
 

@@ -21,6 +21,11 @@ from grounded_sam.eval import (
     load_refs,
 )
 
+# pycocotools' Cython RLE objects trip a numpy 2 DeprecationWarning on every decode
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+
 
 def test_coco_prompts_masks_and_boxes(coco):
     ds = CocoDataset(coco["annotations"], coco["images"])

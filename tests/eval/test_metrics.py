@@ -15,6 +15,11 @@ from grounded_sam.eval.metrics import (
     pair_iou,
 )
 
+# pycocotools' Cython RLE objects trip a numpy 2 DeprecationWarning on every decode
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+
 
 def test_iou_conventions():
     gt = np.zeros((4, 5), bool)

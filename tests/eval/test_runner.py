@@ -14,6 +14,12 @@ from pycocotools.cocoeval import COCOeval
 
 from grounded_sam.eval import CocoDataset, RunSpec, build_pipeline, evaluate, read_records
 
+# pycocotools' Cython RLE objects trip a numpy 2 DeprecationWarning on every decode
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+
+
 QUALITY_KEYS = (
     "mask_AP",
     "mask_AP50",
