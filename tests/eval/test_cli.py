@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from conftest import EmptyDetector, PerfectPredictor
+from _eval_data import EmptyDetector, PerfectPredictor
 
 import grounded_sam.eval.config as eval_config
 import grounded_sam.eval.runner as eval_runner
@@ -195,7 +195,7 @@ def test_eval_cli_end_to_end_with_mobile_sam_checkpoint(coco, tmp_path):
 
 
 def test_ctrl_c_leaves_partial_outputs_and_rerun_finishes(coco, tmp_path, monkeypatch, capsys):
-    from conftest import InterruptAfter
+    from _eval_data import InterruptAfter
 
     interrupt = {"after": 2}
 

@@ -7,7 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import PerfectPredictor
+from _eval_data import PerfectPredictor
 from PIL import Image
 
 from grounded_sam.eval import (

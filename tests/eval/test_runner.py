@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import EmptyDetector, InterruptAfter, NoisyOracle, PerfectPredictor
+from _eval_data import EmptyDetector, InterruptAfter, NoisyOracle, PerfectPredictor
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
