@@ -167,12 +167,12 @@ def test_points_and_duplicate_stems(tmp_path, good_png, capsys):
 
 def test_boxes_are_clipped(tmp_path, good_png, capsys):
     out = tmp_path / "out"
-    argv = [good_png, "--box", "10,10,80,90", "--box", "150,-20,400,60", "--multimask"]
+    argv = [good_png, "--box", "-20,10,80,90", "--box", "150,-20,400,60", "--multimask"]
     rc, _, stderr = run_cli([*argv, *sam_args(), "--out", out], capsys)
     assert rc == 0, stderr
     doc = check_output_folder(out / "chelsea", (H, W))
     assert [a["label"] for a in doc["annotations"]] == ["box", "box"]
-    assert doc["annotations"][0]["bbox"] == pytest.approx([10, 10, 70, 80])
+    assert doc["annotations"][0]["bbox"] == pytest.approx([0, 10, 80, 80])
     assert doc["annotations"][1]["bbox"] == pytest.approx([150, 0, W - 150, 60])
 
 

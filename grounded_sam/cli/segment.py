@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from collections import Counter
@@ -85,6 +86,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     add_debug_arg(parser)
+    if hasattr(parser, "_negative_number_matcher"):
+        # let "--box -30,10,100,90" read as a value (argparse only knows plain "-30" by default)
+        parser._negative_number_matcher = re.compile(r"^-\d[\d.,eE+-]*$|^-\.\d[\d.,eE+-]*$")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--text", default=None, metavar="T", help="prompt, e.g. 'a cat. a dog.'")
     parser.add_argument(
