@@ -32,7 +32,7 @@ def _safe_name(label: str, limit: int = 40) -> str:
     return name or "object"
 
 
-@dataclass
+@dataclass(eq=False)
 class Result:
     """Instances found in one image.
 
@@ -259,8 +259,9 @@ class Result:
         ``masks/`` holds one 8-bit PNG per instance (255 inside, 0 outside), numbered from 000
         in instance order. ``overlay.png`` is written when an image is available (``image``
         or :attr:`image`) and skipped otherwise. ``out_dir`` is created; existing files of
-        the same names are overwritten. For an all-or-nothing write use the CLI's
-        ``atomic_dir``. Returns ``Path(out_dir)``.
+        the same names are overwritten and stale ``masks/NNN_*.png`` of an earlier save are
+        removed. For an all-or-nothing write use the CLI's ``atomic_dir``. Returns
+        ``Path(out_dir)``.
         """
         from PIL import Image
 
@@ -269,6 +270,9 @@ class Result:
         doc = self.to_json(image_id=image_id, category_ids=category_ids)
         mask_dir = out / "masks"
         mask_dir.mkdir(parents=True, exist_ok=True)
+        for old in mask_dir.glob("*.png"):
+            if re.fullmatch(r"\d{3,}_.*\.png", old.name):
+                old.unlink()
         for i, label in enumerate(self.labels):
             Image.fromarray(self.masks[i].astype(np.uint8) * 255).save(
                 mask_dir / f"{i:03d}_{_safe_name(label)}.png"
@@ -682,7 +686,9 @@ class GroundedSAM:
         or a list of phrases) per image. The detector runs per image (or through its
         ``detect_batch(images, texts)`` when it has one); images whose embeddings are not
         cached are encoded ``batch_size`` at a time in one encoder pass, whose time is split
-        evenly among them in ``timings["encoder"]``.
+        evenly among them in ``timings["encoder"]`` (likewise a ``detect_batch`` call's time
+        in ``timings["detector"]``); ``timings["total"]`` is the sum of the image's own
+        loading, detector, encoder and decoder seconds.
 
         Returns:
             one :class:`Result` per image, in order.
@@ -710,10 +716,11 @@ class GroundedSAM:
 
         for t in texts:
             normalize_phrases(t)
-        starts, loaded = [], []
+        load_times, loaded = [], []
         for im in images:
-            starts.append(time.perf_counter())
+            t = time.perf_counter()
             loaded.append(read_image(im))
+            load_times.append(time.perf_counter() - t)
         detector = self.detector
         if callable(getattr(detector, "detect_batch", None)):
             t = time.perf_counter()
@@ -734,14 +741,18 @@ class GroundedSAM:
                 todo, self._encode_many([loaded[i] for i in todo], batch_size), strict=True
             ):
                 encoded[i] = enc
-        return [
-            self._decode_detections(
-                img, dets, t_det, multimask_output, refine_with_sam, t0, encoded=enc
+        results = []
+        for img, dets, t_load, t_det, enc in zip(
+            loaded, all_dets, load_times, det_times, encoded, strict=True
+        ):
+            # "total" of one image: its own loading, detector, encoder and decoder seconds
+            t0 = time.perf_counter() - (t_load + t_det + (enc[0] if enc else 0.0))
+            results.append(
+                self._decode_detections(
+                    img, dets, t_det, multimask_output, refine_with_sam, t0, encoded=enc
+                )
             )
-            for img, dets, t_det, t0, enc in zip(
-                loaded, all_dets, det_times, starts, encoded, strict=True
-            )
-        ]
+        return results
 
     def _encode_many(self, images: list[np.ndarray], batch_size: int) -> list[tuple]:
         """Embed ``images``: cache hits reused, misses encoded ``batch_size`` per encoder pass

@@ -141,6 +141,22 @@ def test_save_writes_json_masks_and_overlay(tmp_path):
     np.testing.assert_array_equal(np.array(Image.open(out / "overlay.png")), r.overlay())
 
 
+def test_save_again_replaces_stale_masks(tmp_path):
+    _result(3).save(tmp_path / "res")
+    keep = tmp_path / "res" / "masks" / "notes.txt"
+    keep.write_text("not ours")
+    _result(1).save(tmp_path / "res")
+    assert sorted(p.name for p in (tmp_path / "res" / "masks").iterdir()) == [
+        "000_a_cat.png",
+        "notes.txt",
+    ]
+
+
+def test_result_equality_is_identity():
+    r = _result(2)
+    assert r == r and r != _result(2)  # no elementwise array comparison error
+
+
 def test_save_without_image_skips_overlay(tmp_path):
     r = _result(1, with_image=False)
     r.save(tmp_path / "res")
@@ -380,6 +396,9 @@ def test_segment_batch_encodes_in_one_pass_and_matches_single():
     assert [r.image_size for r in results] == [(H, W), (160, 160)]
     assert [t for _, t in det.calls] == ["a cat", "a cat. a dog"]
     assert results[0].timings["encoder"] == pytest.approx(results[1].timings["encoder"])
+    for r in results:
+        t = r.timings
+        assert t["total"] >= t["detector"] + t["encoder"] + t["decoder"]
     single = GroundedSAM(det, sam).segment(small_astronaut(), "a cat")
     assert np.mean(single.masks == results[1].masks) > 0.999
     np.testing.assert_allclose(single.mask_scores, results[1].mask_scores, atol=1e-3)
