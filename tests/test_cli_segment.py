@@ -27,6 +27,7 @@ from pycocotools import mask as mask_utils
 
 from grounded_sam.cli import main
 from grounded_sam.detectors import Detections, register_detector
+from grounded_sam.detectors import base as det_base
 from grounded_sam.pipeline import GroundedSAM, Result
 
 H, W = 150, 226  # small_chelsea()
@@ -218,7 +219,6 @@ def test_bad_arguments_exit_2_with_one_error_line(tmp_path, good_png, capsys, ar
     assert stdout == "" and not out.exists()
 
 
-@register_detector("pipeline-test-boom")
 class _BoomDetector:
     """A registered detector whose detect() has a bug (an internal error)."""
 
@@ -229,7 +229,9 @@ class _BoomDetector:
         raise RuntimeError("boom: a bug inside the detector")
 
 
-def test_internal_error_exits_1_traceback_only_with_debug(tmp_path, good_png, capsys):
+def test_internal_error_exits_1_traceback_only_with_debug(tmp_path, good_png, capsys, monkeypatch):
+    monkeypatch.setattr(det_base, "_REGISTERED", {})  # registered for this test only
+    register_detector("pipeline-test-boom")(_BoomDetector)
     out = tmp_path / "out"
     argv = [good_png, "--text", "a cat", "--detector", "pipeline-test-boom", *sam_args()]
     rc, _, stderr = run_cli([*argv, "--out", out], capsys)
