@@ -466,3 +466,32 @@ def test_yolo_clip_end_to_end_refined_and_raw():
     assert refined.labels == raw.labels
     np.testing.assert_allclose(refined.boxes, raw.boxes)
     assert refined.masks.shape == raw.masks.shape and (refined.masks != raw.masks).any()
+
+
+# ------------------------------------------------------------------------------ CUDA
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(tmp_path):
+    """device=None puts SAM on CUDA; masks and scores match the CPU run; the cache works."""
+    import copy
+
+    cpu_sam = tiny_sam()
+    gpu_sam = copy.deepcopy(cpu_sam).cuda()
+    det = StubDetector(STUB_BOXES, [0.9, 0.4], ["a cat", "a dog"])
+    gpu = GroundedSAM(det, SamPredictor(gpu_sam))
+    assert gpu.device.type == "cuda"
+    r_gpu = gpu.segment(small_chelsea(), TEXT)
+    r_cpu = GroundedSAM(det, cpu_sam).segment(small_chelsea(), TEXT)
+    assert r_gpu.masks.dtype == bool and isinstance(r_gpu.masks, np.ndarray)
+    assert np.mean(r_gpu.masks == r_cpu.masks) > 0.99
+    np.testing.assert_allclose(r_gpu.mask_scores, r_cpu.mask_scores, atol=5e-3)
+    again = gpu.segment(small_chelsea(), "a dog")
+    assert again.timings["encoder"] == 0.0 and gpu.encoder_calls == 1
+    batch = gpu.segment_batch([small_chelsea(), small_astronaut()], "a cat")
+    assert gpu.encoder_calls == 2 and [len(r) for r in batch] == [2, 2]
+    from grounded_sam import build_sam
+
+    ckpt = tmp_path / "mobile_sam.pt"  # MobileSAM-format file without the ultralytics reference
+    torch.save(build_sam("mobile_sam", pretrained=False, device="cpu").state_dict(), ckpt)
+    built = GroundedSAM(det, "mobile_sam", sam_checkpoint=ckpt)
+    assert built.device.type == "cuda"  # device=None resolves like build_sam
+    assert len(built.segment(small_chelsea(), TEXT)) == 2
