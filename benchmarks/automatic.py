@@ -1,0 +1,193 @@
+"""Automatic mask generation: ours vs Meta's ``SamAutomaticMaskGenerator`` on identical weights.
+
+Both generators get the same randomly initialised (perturbed) model — MobileSAM (Meta's
+``Sam`` around ultralytics' TinyViT, saved as a mobile_sam checkpoint and loaded with
+``build_sam``) or a 2-block ViT ("tiny") — and the same photo. Prints wall times (median
+of ``--repeat`` runs after a warm-up), the ratio ours/Meta, how many of Meta's masks have a
+distinct partner in ours at mask IoU >= 0.98, and peak memory (CUDA allocator peak, or
+process RSS on CPU).
+
+    .venv/bin/python benchmarks/automatic.py --model mobile_sam --device cuda
+    .venv/bin/python benchmarks/automatic.py --model tiny --points-per-side 8 --device cpu
+
+Random weights give near-full-frame masks with stability scores below 0.05, so Meta's
+default thresholds keep no masks; the "many" preset (predicted IoU > 0.9, stability and
+NMS off) keeps hundreds and is the figure that exercises the post-processing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+PRESETS = {
+    # Meta's defaults: random weights keep (almost) nothing, so this times grid decoding alone
+    "meta-default": {},
+    # hundreds of masks on random MobileSAM weights (boxes are near full-frame, so NMS is off)
+    "many": dict(
+        pred_iou_thresh=0.9, stability_score_thresh=0.0, box_nms_thresh=1.0, crop_nms_thresh=1.0
+    ),
+    # fewer masks, stability filter and NMS active
+    "filtered": dict(
+        pred_iou_thresh=0.5, stability_score_thresh=0.02, box_nms_thresh=0.95, crop_nms_thresh=0.95
+    ),
+}
+
+
+class PeakMemory:
+    """Peak CUDA allocation (device) or peak RSS sampled every 2 ms (CPU), in MiB."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            import psutil
+
+            proc = psutil.Process()
+            self.base = proc.memory_info().rss
+            self.peak = self.base
+            self._stop = False
+
+            def sample():
+                while not self._stop:
+                    self.peak = max(self.peak, proc.memory_info().rss)
+                    time.sleep(0.002)
+
+            self._t = threading.Thread(target=sample, daemon=True)
+            self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop = True
+            self._t.join()
+        self.mib = (self.peak - self.base) / 2**20
+
+
+def build_models(name: str, device: torch.device):
+    from sam_refs import meta_mobile_sam, meta_tiny_vit_sam, ours_tiny_vit_sam, save_checkpoint
+
+    from grounded_sam import build_sam
+
+    if name == "mobile_sam":
+        meta = meta_mobile_sam()
+        with tempfile.TemporaryDirectory() as d:
+            ours = build_sam(
+                "mobile_sam",
+                checkpoint=save_checkpoint(meta, Path(d) / "mobile_sam.pt"),
+                device=device,
+            )
+    else:
+        meta = meta_tiny_vit_sam()
+        ours = ours_tiny_vit_sam(meta.state_dict())
+    return meta.to(device).eval(), ours.to(device).eval()
+
+
+def timed(fn, device: torch.device, repeat: int):
+    times, out, mem = [], None, 0.0
+    for _ in range(repeat):
+        with PeakMemory(device) as pm:
+            t0 = time.perf_counter()
+            out = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        mem = max(mem, pm.mib)
+    return out, times, mem
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=["mobile_sam", "tiny"], default="mobile_sam")
+    ap.add_argument("--image", default="chelsea", help="skimage.data photo name or an image path")
+    ap.add_argument("--points-per-side", type=int, default=32)
+    ap.add_argument("--crop-n-layers", type=int, default=0)
+    ap.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        action="append",
+        help="default: many, filtered, meta-default",
+    )
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args(argv)
+
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from grounded_sam import AutomaticMaskGenerator, load_image
+    from grounded_sam._amg import match_masks
+    from grounded_sam.model.build import resolve_device
+
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), 16)))
+    if Path(args.image).exists():
+        image = load_image(args.image)
+    else:
+        import skimage.data
+
+        image = getattr(skimage.data, args.image)()
+    meta_model, our_model = build_models(args.model, device)
+    dev_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu x{torch.get_num_threads()} threads"
+    )
+    print(
+        f"model={args.model} image={args.image} {image.shape[1]}x{image.shape[0]} "
+        f"points_per_side={args.points_per_side} crop_n_layers={args.crop_n_layers} device={dev_name}"
+    )
+    for preset in args.preset or ["many", "filtered", "meta-default"]:
+        kw = dict(
+            points_per_side=args.points_per_side,
+            crop_n_layers=args.crop_n_layers,
+            **PRESETS[preset],
+        )
+        meta_gen = SamAutomaticMaskGenerator(meta_model, **kw)
+        our_gen = AutomaticMaskGenerator(our_model, **kw)
+        with torch.no_grad():  # warm-up (cuDNN, allocator), not timed
+            meta_gen.generate(image)
+            our_gen.generate(image)
+        ref, t_meta, m_meta = timed(lambda g=meta_gen: g.generate(image), device, args.repeat)
+        ours, t_ours, m_ours = timed(lambda g=our_gen: g.generate(image), device, args.repeat)
+        tm, to = statistics.median(t_meta), statistics.median(t_ours)
+        ref_m = (
+            torch.as_tensor(np.stack([r["segmentation"] for r in ref]))
+            if ref
+            else torch.zeros((0, *image.shape[:2]), dtype=torch.bool)
+        )
+        our_m = (
+            torch.as_tensor(np.stack([r["segmentation"] for r in ours]))
+            if ours
+            else torch.zeros((0, *image.shape[:2]), dtype=torch.bool)
+        )
+        matched, _ = match_masks(ref_m.to(device), our_m.to(device), 0.98)
+        frac = matched / len(ref) if ref else 1.0
+        print(
+            f"[{preset}] {kw}\n"
+            f"  meta: {tm:.3f} s (runs {', '.join(f'{t:.3f}' for t in t_meta)}), peak {m_meta:.0f} MiB, {len(ref)} masks\n"
+            f"  ours: {to:.3f} s (runs {', '.join(f'{t:.3f}' for t in t_ours)}), peak {m_ours:.0f} MiB, {len(ours)} masks\n"
+            f"  ratio ours/meta: {to / tm:.3f}   matched at IoU>=0.98: {matched}/{len(ref)} ({100 * frac:.1f}%)"
+        )
+
+
+if __name__ == "__main__":
+    main()
