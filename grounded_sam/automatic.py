@@ -118,14 +118,55 @@ class AutomaticMaskGenerator:
         mask_threshold: float = 0.0,
     ) -> None:
         if isinstance(model, SamPredictor):
-            self.predictor = model
+            predictor = model
         elif isinstance(model, torch.nn.Module) and hasattr(model, "mask_decoder"):
-            self.predictor = SamPredictor(model)
+            predictor = SamPredictor(model)
         else:
             raise TypeError(
                 "model must be a Sam (from grounded_sam.build_sam) or a SamPredictor, "
                 f"got {type(model).__name__}"
             )
+        self._set_knobs(
+            points_per_side=points_per_side,
+            points_per_batch=points_per_batch,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh,
+            stability_score_offset=stability_score_offset,
+            box_nms_thresh=box_nms_thresh,
+            crop_n_layers=crop_n_layers,
+            crop_nms_thresh=crop_nms_thresh,
+            crop_overlap_ratio=crop_overlap_ratio,
+            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+            point_grids=point_grids,
+            min_mask_region_area=min_mask_region_area,
+            output_mode=output_mode,
+            mask_threshold=mask_threshold,
+        )
+        self.predictor = predictor
+
+    @classmethod
+    def validate_knobs(cls, **knobs: Any) -> None:
+        """Check constructor knobs (keyword arguments other than ``model``) without a model:
+        raises the same ``ValueError``/``TypeError`` as the constructor."""
+        cls.__new__(cls)._set_knobs(**knobs)
+
+    def _set_knobs(
+        self,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: float = 0,
+        output_mode: str = "binary_mask",
+        mask_threshold: float = 0.0,
+    ) -> None:
         self.points_per_batch = _check_int(points_per_batch, "points_per_batch", 1)
         self.pred_iou_thresh = _check_real(pred_iou_thresh, "pred_iou_thresh", 0.0, 1.0)
         self.stability_score_thresh = _check_real(
