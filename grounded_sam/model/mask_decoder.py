@@ -6,6 +6,7 @@ Parameter names match the ``mask_decoder.`` prefix of the official checkpoints.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from grounded_sam.model.common import MLP, LayerNorm2d
@@ -66,11 +67,15 @@ class MaskDecoder(nn.Module):
         Returns:
             masks (B, 3 or 1, 4h, 4w) low-resolution logits and iou_pred (B, 3 or 1).
         """
-        masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-        )
         sl = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, sl], iou_pred[:, sl]
+        masks, iou_pred = self.predict_masks(
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            mask_tokens=sl,
+        )
+        return masks, iou_pred[:, sl]
 
     def predict_masks(
         self,
@@ -78,8 +83,9 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        mask_tokens: slice | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All 4 mask tokens: masks (B, 4, 4h, 4w) and iou_pred (B, 4)."""
+        """Masks (B, T, 4h, 4w) of the ``mask_tokens`` (default all 4) and iou_pred (B, 4)."""
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
@@ -90,25 +96,71 @@ class MaskDecoder(nn.Module):
                 f"image_embeddings batch ({image_embeddings.shape[0]}) must be 1 or match the "
                 f"number of prompts ({b})"
             )
-        src = image_embeddings + dense_prompt_embeddings  # broadcasts (1, ...) over prompts
-        if src.shape[0] != b:
-            src = src.expand(b, -1, -1, -1)
+        dense = dense_prompt_embeddings
+        if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
+            # The broadcast no-mask embedding (an expanded view): image + dense is the same
+            # for every prompt, so compute it once and let the transformer share it.
+            dense = dense[:1]
+        src = image_embeddings + dense  # (1 or B, C, h, w)
         c, h, w = src.shape[1:]
 
         hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
-        src = src.transpose(1, 2).reshape(b, c, h, w)
-        upscaled = self.output_upscaling(src)
+        token_ids = range(self.num_mask_tokens)[mask_tokens or slice(None)]
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
-            dim=1,
-        )  # (B, 4, C/8)
-        bu, cu, hu, wu = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu)
+            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in token_ids], dim=1
+        )  # (B, T, C/8)
+        masks = self._upscale_and_project(src, (h, w), hyper_in)
         iou_pred = self.iou_prediction_head(iou_token_out)
         return masks, iou_pred
+
+    _UPSCALE_CHUNK = 1  # prompts per step of the upscaling path
+
+    def _upscale_and_project(
+        self, src: torch.Tensor, size: tuple[int, int], hyper_in: torch.Tensor
+    ) -> torch.Tensor:
+        """``hyper_in @ output_upscaling(src)`` computed on channels-last tokens.
+
+        Each 2x2-stride-2 transposed convolution is a linear map from one input pixel to
+        its 2x2 output pixels, so both run as matrix products on (B, pixels, C) tokens
+        (no NCHW transposes), with LayerNorm2d as a layer norm over the last dimension;
+        the sub-pixel order is undone once, on the final (B, T, 4h, 4w) masks.
+
+        Args:
+            src: (B, h*w, C) image tokens from the transformer.
+            hyper_in: (B, T, C/8) hypernetwork outputs of the wanted mask tokens.
+        """
+        up1, norm, act1, up2, act2 = self.output_upscaling
+        h, w = size
+        b = src.shape[0]
+
+        def pixel_linear(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+            c_in, c_out = conv.weight.shape[:2]
+            weight = conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)
+            x2d = x.reshape(-1, c_in)
+            if conv.bias is None:
+                out = x2d @ weight
+            else:  # (2, 2, c_out) per input pixel, bias added inside the product
+                out = torch.addmm(conv.bias.repeat(4), x2d, weight)
+            return out.view(*x.shape[:-1], 4, c_out)
+
+        t = hyper_in.shape[1]
+        masks = src.new_empty(b, h * w * 16, t)
+        # A few prompts at a time: the (hw*16, C/8) features of one prompt are 8 MB for a
+        # 64x64 grid, so the chain stays in cache and peak memory stays flat in B.
+        for i in range(0, b, self._UPSCALE_CHUNK):
+            sl = slice(i, i + self._UPSCALE_CHUNK)
+            x = pixel_linear(src[sl], up1)  # (b', hw, 4, C/4)
+            x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
+            x = act2(pixel_linear(x.reshape(x.shape[0], h * w * 4, -1), up2))  # (b', hw*4, 4, C/8)
+            torch.matmul(
+                x.reshape(x.shape[0], h * w * 16, -1), hyper_in[sl].transpose(1, 2), out=masks[sl]
+            )
+        # pixel (i, j), first sub-pixel (dy, dx), second (dy2, dx2): y = 4i + 2dy + dy2
+        masks = masks.view(b, h, w, 2, 2, 2, 2, t).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(b, t, 4 * h, 4 * w)
 
 
 def build_mask_decoder(prompt_embed_dim: int = 256) -> MaskDecoder:

@@ -45,7 +45,8 @@ class TwoWayTransformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
-            image_embedding: (B, C, H, W); B may be 1 and broadcast over the prompts.
+            image_embedding: (B, C, H, W); B may be 1 and is then shared by all the prompts
+                (computed once, never copied B times).
             image_pe: (1 or B, C, H, W) positional encoding of the image grid.
             point_embedding: (B, N, C) prompt tokens.
         Returns:
@@ -54,10 +55,13 @@ class TwoWayTransformer(nn.Module):
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
-        if keys.shape[0] != queries.shape[0]:
-            keys = keys.expand(queries.shape[0], -1, -1)
+        # A single (1, C, H, W) image embedding is shared by all B prompts: the image-side
+        # projections of the first block run once (see Attention), and the keys become
+        # per-prompt only after the first image->token update.
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
+        if keys.shape[0] != queries.shape[0]:  # no layers: keys still shared
+            keys = keys.expand(queries.shape[0], -1, -1)
         attn_out = self.final_attn_token_to_image(
             q=queries + point_embedding, k=keys + key_pe, v=keys
         )
@@ -93,7 +97,11 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
@@ -103,7 +111,9 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q=queries + query_pe, k=k, v=keys))
+        queries = self.norm2(
+            queries + self.cross_attn_token_to_image(q=queries + query_pe, k=k, v=keys)
+        )
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
@@ -133,9 +143,26 @@ class Attention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q = self._heads(self.q_proj(q))
+        """(Bq, Nq, C) queries attend to (Bk, Nk, C) keys/values -> (B, Nq, C).
+
+        Batches broadcast: a batch of 1 on either side is shared by all B of the other,
+        and its projections are computed once. Shared keys are handled by stacking the
+        B query sets into one sequence (softmax is per query, so this is exact).
+        """
+        bq, bk = q.shape[0], k.shape[0]
+        if v.shape[0] != bk:
+            raise ValueError(f"k and v batches differ: {bk} != {v.shape[0]}")
+        q = self.q_proj(q)
         k = self._heads(self.k_proj(k))
         v = self._heads(self.v_proj(v))
+        if bk == 1 and bq > 1:
+            nq = q.shape[1]
+            out = F.scaled_dot_product_attention(self._heads(q.reshape(1, bq * nq, -1)), k, v)
+            out = out.transpose(1, 2).reshape(bq, nq, self.internal_dim)
+            return self.out_proj(out)
+        q = self._heads(q)
+        if bq == 1 and bk > 1:
+            q = q.expand(bk, -1, -1, -1)
         out = F.scaled_dot_product_attention(q, k, v)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
