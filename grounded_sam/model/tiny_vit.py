@@ -94,10 +94,16 @@ class Conv2dBN(nn.Module):
 
         Exact for inference (eval-mode BatchNorm is an affine map per channel); afterwards the
         module computes the same function with one convolution and the BatchNorm is gone, so
-        training statistics are no longer updated. A second call does nothing.
+        training statistics are no longer updated. A second call does nothing. Raises
+        ``RuntimeError`` in training mode, whose batch statistics cannot be folded.
         """
         if self.is_fused:
             return
+        if self.training:
+            raise RuntimeError(
+                "Conv2dBN.fuse() folds BatchNorm running statistics, which only eval mode uses; "
+                "call .eval() first"
+            )
         conv, bn = self.c, self.bn
         assert isinstance(bn, nn.BatchNorm2d)
         # Fold in float64, then cast back, so fusion adds no rounding of its own.

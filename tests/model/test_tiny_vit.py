@@ -191,6 +191,8 @@ def test_fuse_small() -> None:
     x = torch.randn(1, 3, 128, 128)
     with pytest.raises(RuntimeError, match="eval"):
         model.fuse()
+    with pytest.raises(RuntimeError, match="eval"):
+        Conv2dBN(4, 8, 3).fuse()
     model.eval()
     with torch.no_grad():
         before = model(x)
