@@ -347,7 +347,9 @@ class AutomaticMaskGenerator:
         # 2. stability score and boxes from full-resolution logits, survivors only
         stab_parts, box_parts = [], []
         for chunk in self._chunks(len(low), crop_size):
-            logits = _amg.upscale_logits(low[chunk], model.img_size, input_size, crop_size)
+            logits = _amg.upscale_logits(
+                low[chunk], model.image_encoder.img_size, input_size, crop_size
+            )
             stab_parts.append(
                 _amg.stability_score(logits, self.mask_threshold, self.stability_score_offset)
             )
@@ -405,7 +407,10 @@ class AutomaticMaskGenerator:
             rows = rows.to(dev)
             for chunk in self._chunks(len(sel), c["crop_size"]):
                 logits = _amg.upscale_logits(
-                    c["low_res"][sel[chunk]], self.model.img_size, c["input_size"], c["crop_size"]
+                    c["low_res"][sel[chunk]],
+                    self.model.image_encoder.img_size,
+                    c["input_size"],
+                    c["crop_size"],
                 )
                 out[rows[chunk], y0:y1, x0:x1] = logits > self.mask_threshold
                 del logits

@@ -52,6 +52,7 @@ def _assert_parity(ref, ours, shape):
 # ----------------------------------------------------------------------------- fast parity
 @pytest.fixture(scope="module")
 def tiny_pair():
+    torch.manual_seed(0)  # the base init draws from the global RNG; perturb_ is seeded
     meta = meta_tiny_vit_sam()
     return meta, ours_tiny_vit_sam(meta.state_dict())
 
@@ -88,16 +89,33 @@ def test_parity_tiny(setting, tiny_pair, fast_reference, chelsea):
     ref = fast_reference[setting]
     ours = AutomaticMaskGenerator(ours_model, **FAST_SETTINGS[setting]).generate(chelsea)
     _assert_parity(ref, ours, chelsea.shape[:2])
-    # same records in the same order, numbers to decoder precision
-    assert [r["point_coords"] for r in ours] == [r["point_coords"] for r in ref]
-    assert [list(map(int, r["crop_box"])) for r in ref] == [r["crop_box"] for r in ours]
+    # same records (order may differ where two predicted IoUs are within decoder precision)
+    assert sorted(r["point_coords"] for r in ours) == sorted(r["point_coords"] for r in ref)
+    assert sorted(list(map(int, r["crop_box"])) for r in ref) == sorted(r["crop_box"] for r in ours)
     np.testing.assert_allclose(
-        [r["predicted_iou"] for r in ours], [r["predicted_iou"] for r in ref], atol=2e-3
+        sorted(r["predicted_iou"] for r in ours), sorted(r["predicted_iou"] for r in ref), atol=2e-3
     )
     if setting == "crops_all_kept":
         # random masks fill their crop, so crop-layer masks touch inner crop edges and are
         # dropped (by both); the full-image crop keeps its 4 points x 3 outputs
         assert len(ours) == 12
+
+
+def test_identical_to_meta_when_driving_the_same_model(tiny_pair, chelsea):
+    """On Meta's own Sam, our pipeline reproduces Meta's records exactly: any difference in the
+    parity tests above comes from the models, not from the generator."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    meta, _ = tiny_pair
+    kw = dict(ONE_POINT, points_per_side=2, stability_score_thresh=0.001)
+    ref = SamAutomaticMaskGenerator(meta, **kw).generate(chelsea)
+    ours = AutomaticMaskGenerator(meta, **kw).generate(chelsea)
+    assert len(ours) == len(ref) > 0
+    for r, o in zip(ref, ours, strict=True):
+        assert np.array_equal(r["segmentation"], o["segmentation"])
+        for key in ("area", "bbox", "predicted_iou", "point_coords", "stability_score"):
+            assert r[key] == o[key], key
+        assert list(map(int, r["crop_box"])) == o["crop_box"]
 
 
 def test_near_crop_edge_matches_meta():
@@ -129,6 +147,7 @@ SLOW_SETTINGS = {
 @pytest.fixture(scope="module")
 def mobile_pair(tmp_path_factory):
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)  # the base init draws from the global RNG; perturb_ is seeded
     meta = meta_mobile_sam()
     path = save_checkpoint(meta, tmp_path_factory.mktemp("amg") / "mobile_sam.pt")
     return meta.to(device), build_sam("mobile_sam", checkpoint=path, device=device)
