@@ -1,0 +1,266 @@
+"""Speed of our SAM core against the references on identical (random) weights.
+
+    python benchmarks/run.py [--threads N] [--device cpu|cuda] [--quick]
+
+Prints one markdown table: stage, ours (ms), reference (ms), ratio, max relative
+difference, peak memory (ours / reference). Rows:
+
+- ``vit_b encoder``: our ``ImageEncoderViT`` vs Meta's ``segment_anything`` one.
+- ``mobile_sam encoder``: our TinyViT vs ultralytics' TinyViT (when
+  ``grounded_sam.model.tiny_vit`` builds).
+- ``decoder, N boxes``: our ``SamPredictor.predict_boxes`` vs Meta's
+  ``SamPredictor.predict_torch`` on the same image embedding, masks upscaled to the
+  original image in both; the difference is over the full-resolution logits.
+
+Weights: Meta's / ultralytics' models with every parameter perturbed (``tests/sam_refs.py``),
+saved as official-format checkpoints and loaded with ``build_sam``; no network. Image:
+skimage's chelsea. Times are medians of interleaved runs in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import (  # noqa: E402
+    chelsea_input,
+    interleaved_medians,
+    load_refs,
+    peak_memory_mib,
+    rel_diff,
+)
+
+
+@dataclass
+class Row:
+    stage: str
+    ours_s: float
+    ref_s: float
+    diff: float
+    mem_ours: float
+    mem_ref: float
+    note: str = ""
+
+    def cells(self) -> list[str]:
+        return [
+            self.stage,
+            f"{self.ours_s * 1000:.0f}",
+            f"{self.ref_s * 1000:.0f}",
+            f"{self.ours_s / self.ref_s:.2f}",
+            f"{self.diff:.1e}" + (f" ({self.note})" if self.note else ""),
+            f"{self.mem_ours:.0f} / {self.mem_ref:.0f}",
+        ]
+
+
+HEADER = ["stage", "ours (ms)", "reference (ms)", "ratio", "max rel diff", "peak MiB ours / ref"]
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join(["---"] * len(HEADER)) + "|"]
+    lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def compare(
+    stage: str,
+    ours: Callable[[], object],
+    ref: Callable[[], object],
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    diff: float,
+    note: str = "",
+) -> Row:
+    times = interleaved_medians({"ours": ours, "ref": ref}, device, repeats, warmup)
+    mem_ours = peak_memory_mib(ours, device)
+    mem_ref = peak_memory_mib(ref, device)
+    return Row(stage, times["ours"], times["ref"], diff, mem_ours, mem_ref, note)
+
+
+# ---------------------------------------------------------------- model pairs
+def vit_b_pair(device: torch.device, tmp: Path):
+    """(ours, Meta's) vit_b ``Sam`` with identical perturbed weights, eval, on ``device``."""
+    from grounded_sam import build_sam
+
+    refs = load_refs()
+    meta = refs.meta_vit_b()
+    path = refs.save_checkpoint(meta, tmp / "sam_vit_b.pth")
+    ours = build_sam("vit_b", checkpoint=path, device=device)
+    return ours, meta.to(device).eval()
+
+
+def mobile_sam_pair(device: torch.device, tmp: Path):
+    """(ours, reference) mobile_sam ``Sam`` pair; the reference encoder is ultralytics' TinyViT."""
+    from grounded_sam import build_sam
+
+    refs = load_refs()
+    meta = refs.meta_mobile_sam()
+    path = refs.save_checkpoint(meta, tmp / "mobile_sam.pt")
+    ours = build_sam("mobile_sam", checkpoint=path, device=device)
+    return ours, meta.to(device).eval()
+
+
+# ---------------------------------------------------------------- benchmarks
+@torch.no_grad()
+def bench_encoder(
+    stage: str, ours, ref, device: torch.device, repeats: int, warmup: int
+) -> tuple[Row, torch.Tensor]:
+    """Encoder of one preprocessed 1024x1024 photo. Returns the row and our embedding."""
+    image, _, _ = chelsea_input(ref.image_encoder.img_size)
+    x = ref.preprocess(image.to(device))
+    out_ours = ours.image_encoder(x)
+    diff = rel_diff(ref.image_encoder(x), out_ours)
+    row = compare(
+        stage,
+        lambda: ours.image_encoder(x),
+        lambda: ref.image_encoder(x),
+        device,
+        repeats,
+        warmup,
+        diff,
+    )
+    return row, out_ours
+
+
+def random_boxes(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """``n`` XYXY boxes inside an (H, W) image, at least 8 px wide and high."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    x0 = rng.uniform(0, w - 8, n)
+    y0 = rng.uniform(0, h - 8, n)
+    x1 = np.minimum(w, x0 + rng.uniform(8, w / 2, n))
+    y1 = np.minimum(h, y0 + rng.uniform(8, h / 2, n))
+    return np.stack([x0, y0, x1, y1], axis=1)
+
+
+@torch.no_grad()
+def bench_decoder(
+    ours, ref, features: torch.Tensor, n_boxes: int, device: torch.device, repeats: int, warmup: int
+) -> Row:
+    """``n_boxes`` box prompts in one call: our ``predict_boxes`` vs Meta's ``predict_torch``."""
+    from segment_anything import SamPredictor as MetaPredictor
+
+    from grounded_sam import SamPredictor
+    from grounded_sam.predictor import ImageEmbedding
+
+    _, original_size, input_size = chelsea_input(ref.image_encoder.img_size)
+    p_ours = SamPredictor(ours)
+    p_ours.set_embedding(ImageEmbedding(features, original_size, input_size))
+    p_ref = MetaPredictor(ref)
+    p_ref.features = features
+    p_ref.original_size, p_ref.input_size = original_size, input_size
+    p_ref.is_image_set = True
+
+    boxes = random_boxes(n_boxes, original_size)
+    boxes_t = p_ref.transform.apply_boxes_torch(
+        torch.as_tensor(boxes, dtype=torch.float, device=device), original_size
+    )
+
+    def run_ref(return_logits: bool = False):
+        return p_ref.predict_torch(
+            None, None, boxes_t, multimask_output=False, return_logits=return_logits
+        )
+
+    logits_ours, _ = p_ours.predict_boxes(boxes, return_logits=True)
+    logits_ref = run_ref(return_logits=True)[0]
+    diff = rel_diff(logits_ref, torch.from_numpy(logits_ours))
+    agree = float(((logits_ref > 0).cpu() == torch.from_numpy(logits_ours > 0)).float().mean())
+    return compare(
+        f"decoder, {n_boxes} box{'es' if n_boxes > 1 else ''}",
+        lambda: p_ours.predict_boxes(boxes),
+        run_ref,
+        device,
+        repeats,
+        warmup,
+        diff,
+        note=f"masks agree {agree:.4%}",
+    )
+
+
+def machine_line(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    parts = [
+        f"cpu: {cpu} ({os.cpu_count()} logical cores)",
+        f"torch {torch.__version__}",
+        f"threads {torch.get_num_threads()}",
+        f"device {device}",
+    ]
+    if device.type == "cuda":
+        parts.append(torch.cuda.get_device_name(device))
+    if hasattr(os, "getloadavg"):
+        parts.append("load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
+    return "; ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument(
+        "--quick", action="store_true", help="one timed run per row, no warm-up (a smoke test)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per row (default 5; 1 with --quick)"
+    )
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda, got {args.device!r}")
+    repeats = args.repeats or (1 if args.quick else 5)
+    warmup = 0 if args.quick else 1
+
+    print(machine_line(device))
+    rows: list[Row] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, ref = vit_b_pair(device, Path(tmp))
+        row, features = bench_encoder("vit_b encoder", ours, ref, device, repeats, warmup)
+        rows.append(row)
+        print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+        try:
+            m_ours, m_ref = mobile_sam_pair(device, Path(tmp))
+        except (ImportError, AttributeError, ValueError, RuntimeError, NotImplementedError) as e:
+            notes.append(f"mobile_sam encoder: not measured ({type(e).__name__}: {e})")
+        else:
+            rows.append(
+                bench_encoder("mobile_sam encoder", m_ours, m_ref, device, repeats, warmup)[0]
+            )
+            del m_ours, m_ref
+        for n in (1, 16):
+            rows.append(bench_decoder(ours, ref, features, n, device, repeats, warmup))
+    notes.append("automatic mask generation: not measured here (see benchmarks/automatic.py)")
+    print(format_table(rows))
+    for note in notes:
+        print(f"\n{note}")
+    print("\n" + machine_line(device))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
