@@ -26,7 +26,6 @@ from _pipeline_models import (
     yolo_clip_kwargs,
 )
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from grounded_sam import GroundedSAM, Result, SamPredictor, segment
 from grounded_sam.pipeline import clear_pipelines, get_pipeline
@@ -100,6 +99,8 @@ def test_empty_result_exports_cleanly(tmp_path):
 
 
 def test_to_coco_decodes_with_pycocotools():
+    from pycocotools import mask as mask_utils
+
     r = _result(3)
     anns = r.to_coco(image_id=42)
     assert [a["id"] for a in anns] == [1, 2, 3]
@@ -426,6 +427,8 @@ def test_module_level_segment_reuses_pipeline():
 
 # ----------------------------------------------------------- end to end, real models
 def test_grounding_dino_end_to_end_with_mobile_sam_checkpoint():
+    from pycocotools import mask as mask_utils
+
     thr = gdino_threshold(2)
     gs = GroundedSAM(
         "grounding-dino",
