@@ -28,7 +28,19 @@ _EXPORTS = {
     "load_image": "grounded_sam.io",
 }
 
-__all__ = [*_EXPORTS, "weights", "__version__"]
+__all__ = [
+    "AutomaticMaskGenerator",
+    "GroundedSAM",
+    "Result",
+    "Sam",
+    "SamPredictor",
+    "__version__",
+    "build_sam",
+    "list_models",
+    "load_image",
+    "segment",
+    "weights",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Union
-
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
 __all__ = ["ImageLike", "load_image", "image_stem"]
+
+
+def _pil_open(path: Path) -> Image.Image:
+    """``PIL.Image.open``, bypassing ultralytics' replacement of it.
+
+    Importing ultralytics (>= 8.3) swaps ``PIL.Image.open`` for a wrapper that, on a file PIL
+    cannot identify, tries to pip-install ``pi-heif`` at run time. We never auto-install, and a
+    non-image must stay a clear ``ValueError``, so use the original function it wraps.
+    """
+    opener = Image.open
+    module = getattr(opener, "__module__", "") or ""
+    if module.startswith("ultralytics"):
+        opener = getattr(sys.modules.get(module), "_image_open", opener)
+    return opener(path)
 
 
 def _describe(image: object) -> str:
@@ -43,7 +56,9 @@ def _from_pil(img: Image.Image, name: str) -> np.ndarray:
 
 def _from_array(arr: np.ndarray, name: str) -> np.ndarray:
     if arr.size == 0:
-        raise ValueError(f"{name}: image is empty ({_describe(arr)}); expected HxW or HxWxC with H, W > 0")
+        raise ValueError(
+            f"{name}: image is empty ({_describe(arr)}); expected HxW or HxWxC with H, W > 0"
+        )
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
@@ -58,7 +73,9 @@ def _from_array(arr: np.ndarray, name: str) -> np.ndarray:
         out = arr
     elif arr.dtype == np.bool_:
         out = arr.astype(np.uint8) * 255
-    elif arr.dtype in (np.uint16, np.int32, np.uint32, np.int64) and np.issubdtype(arr.dtype, np.integer):
+    elif arr.dtype in (np.uint16, np.int32, np.uint32, np.int64) and np.issubdtype(
+        arr.dtype, np.integer
+    ):
         if arr.min(initial=0) < 0 or arr.max(initial=0) > 65535:
             raise ValueError(
                 f"{name}: integer image values must lie in [0, 65535], got "
@@ -111,7 +128,7 @@ def load_image(image: ImageLike) -> np.ndarray:
         if path.stat().st_size == 0:
             raise ValueError(f"image file {str(path)!r} is empty (0 bytes)")
         try:
-            with Image.open(path) as img:
+            with _pil_open(path) as img:
                 img.load()  # force decoding now, so truncated files fail here
                 img = ImageOps.exif_transpose(img)
                 return _from_pil(img, f"image file {str(path)!r}")

@@ -56,7 +56,9 @@ class ResizeLongestSide:
             image, size, mode="bilinear", align_corners=False, antialias=True
         )
 
-    def apply_coords_torch(self, coords: torch.Tensor, original_size: tuple[int, ...]) -> torch.Tensor:
+    def apply_coords_torch(
+        self, coords: torch.Tensor, original_size: tuple[int, ...]
+    ) -> torch.Tensor:
         old_h, old_w = original_size
         new_h, new_w = self.get_preprocess_shape(old_h, old_w, self.target_length)
         coords = coords.to(torch.float).clone()
@@ -64,7 +66,9 @@ class ResizeLongestSide:
         coords[..., 1] = coords[..., 1] * (new_h / old_h)
         return coords
 
-    def apply_boxes_torch(self, boxes: torch.Tensor, original_size: tuple[int, ...]) -> torch.Tensor:
+    def apply_boxes_torch(
+        self, boxes: torch.Tensor, original_size: tuple[int, ...]
+    ) -> torch.Tensor:
         return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
 
 
@@ -143,7 +147,9 @@ class SamPredictor:
         self.set_torch_image(tensor, image.shape[:2])
 
     @torch.no_grad()
-    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+    def set_torch_image(
+        self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]
+    ) -> None:
         """Embed a (1, 3, h, w) image already resized with ``transform`` (long side 1024)."""
         if (
             transformed_image.ndim != 4
@@ -242,7 +248,9 @@ class SamPredictor:
                     "use predict_boxes() for several"
                 )
             box_t = torch.as_tensor(
-                self.transform.apply_boxes(b, self.original_size), dtype=torch.float, device=self.device
+                self.transform.apply_boxes(b, self.original_size),
+                dtype=torch.float,
+                device=self.device,
             )[None]
         if mask_input is not None:
             m = _finite_array(mask_input, "mask_input", dtype=np.float32)
@@ -254,7 +262,12 @@ class SamPredictor:
                 )
             mask_t = torch.as_tensor(m, device=self.device)[None]
         masks, iou, low_res = self.predict_torch(
-            coords_t, labels_t, box_t, mask_t, multimask_output=multimask_output, return_logits=return_logits
+            coords_t,
+            labels_t,
+            box_t,
+            mask_t,
+            multimask_output=multimask_output,
+            return_logits=return_logits,
         )
         return (
             masks[0].cpu().numpy(),
@@ -344,6 +357,10 @@ class SamPredictor:
         out = np.empty((b.shape[0], c, h, w), dtype=np.float32 if return_logits else bool)
         chunk = 16  # bound the memory of full-resolution logits
         for i in range(0, b.shape[0], chunk):
-            m = self.model.postprocess_masks(low_res[i : i + chunk], self.input_size, self.original_size)
-            out[i : i + chunk] = (m if return_logits else m > self.model.mask_threshold).cpu().numpy()
+            m = self.model.postprocess_masks(
+                low_res[i : i + chunk], self.input_size, self.original_size
+            )
+            out[i : i + chunk] = (
+                (m if return_logits else m > self.model.mask_threshold).cpu().numpy()
+            )
         return out, iou.float().cpu().numpy()

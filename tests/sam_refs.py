@@ -50,7 +50,10 @@ def _meta_prompt_and_decoder():
     from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
     prompt = PromptEncoder(
-        embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16
+        embed_dim=256,
+        image_embedding_size=(64, 64),
+        input_image_size=(1024, 1024),
+        mask_in_chans=16,
     )
     decoder = MaskDecoder(
         num_multimask_outputs=3,

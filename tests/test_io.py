@@ -120,3 +120,13 @@ def test_bad_arrays(arr, exc):
 def test_unsupported_type():
     with pytest.raises(TypeError, match="expected a path"):
         load_image(42)
+
+
+def test_not_an_image_after_ultralytics_import(tmp_path):
+    """ultralytics patches PIL.Image.open to pip-install pi-heif on unknown files: bypassed."""
+    import ultralytics.utils.patches  # noqa: F401  (applies the patch)
+
+    path = tmp_path / "notes.jpg"
+    path.write_text("not a picture")
+    with pytest.raises(ValueError, match="not a readable image"):
+        load_image(path)

@@ -37,17 +37,41 @@ def test_not_a_sam():
     "kwargs, match",
     [
         (dict(point_coords=np.array([[1, 2, 3]]), point_labels=np.array([1])), r"\(N, 2\)"),
-        (dict(point_coords=np.array([[1, 2]]), point_labels=np.array([1, 1])), "point_labels must have shape"),
-        (dict(point_coords=np.array([[1, 2]]), point_labels=np.array([2])), "1 \\(foreground\\) or 0"),
+        (
+            dict(point_coords=np.array([[1, 2]]), point_labels=np.array([1, 1])),
+            "point_labels must have shape",
+        ),
+        (
+            dict(point_coords=np.array([[1, 2]]), point_labels=np.array([2])),
+            "1 \\(foreground\\) or 0",
+        ),
         (dict(point_coords=np.array([[np.nan, 2]]), point_labels=np.array([1])), "NaN or inf"),
         (dict(point_coords=np.array([[1, 2]])), "together"),
         (dict(box=np.array([10, 10, 5, 20])), "x1 >= x0"),
         (dict(box=np.array([10, 10, 20])), r"\(N, 4\)"),
         (dict(box=np.array([0, 0, np.inf, 5])), "NaN or inf"),
         (dict(box=np.array([[0, 0, 5, 5], [1, 1, 6, 6]])), "predict_boxes"),
-        (dict(point_coords=np.array([[1, 2]]), point_labels=np.array([1]), mask_input=np.zeros((1, 64, 64))), r"\(1, 256, 256\)"),
+        (
+            dict(
+                point_coords=np.array([[1, 2]]),
+                point_labels=np.array([1]),
+                mask_input=np.zeros((1, 64, 64)),
+            ),
+            r"\(1, 256, 256\)",
+        ),
     ],
-    ids=["coords-3d", "labels-len", "label-2", "nan", "no-labels", "x1<x0", "box-3", "box-inf", "two-boxes", "mask-size"],
+    ids=[
+        "coords-3d",
+        "labels-len",
+        "label-2",
+        "nan",
+        "no-labels",
+        "x1<x0",
+        "box-3",
+        "box-inf",
+        "two-boxes",
+        "mask-size",
+    ],
 )
 def test_bad_prompts(predictor, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -74,7 +98,9 @@ def test_image_format_bgr(chelsea):
 def test_predict_boxes_empty_and_shapes(predictor, chelsea):
     masks, scores = predictor.predict_boxes(np.zeros((0, 4)))
     assert masks.shape == (0, 1, *chelsea.shape[:2]) and scores.shape == (0, 1)
-    masks, scores = predictor.predict_boxes(np.array([[10, 10, 200, 200]] * 20), multimask_output=True)
+    masks, scores = predictor.predict_boxes(
+        np.array([[10, 10, 200, 200]] * 20), multimask_output=True
+    )
     assert masks.shape == (20, 3, *chelsea.shape[:2]) and masks.dtype == bool
     assert scores.shape == (20, 3)
     # identical boxes decode identically (one batched call, chunked post-processing)

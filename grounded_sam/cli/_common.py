@@ -27,12 +27,18 @@ def add_debug_arg(parser: argparse.ArgumentParser) -> None:
 
 def add_sam_args(parser: argparse.ArgumentParser, default: str = "mobile_sam") -> None:
     """``--sam NAME``, ``--sam-checkpoint PATH`` and ``--device D``."""
-    parser.add_argument("--sam", default=default, metavar="NAME", help=f"SAM variant (default {default})")
     parser.add_argument(
-        "--sam-checkpoint", default=None, metavar="PATH",
+        "--sam", default=default, metavar="NAME", help=f"SAM variant (default {default})"
+    )
+    parser.add_argument(
+        "--sam-checkpoint",
+        default=None,
+        metavar="PATH",
         help="official-format SAM checkpoint; default: the cached/downloaded weights",
     )
-    parser.add_argument("--device", default=None, metavar="D", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument(
+        "--device", default=None, metavar="D", help="torch device, e.g. cpu or cuda:0"
+    )
 
 
 @contextlib.contextmanager

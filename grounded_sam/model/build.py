@@ -58,7 +58,9 @@ def _build(image_encoder: nn.Module, name: str) -> Sam:
     )
 
 
-def _vit(embed_dim: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...]) -> nn.Module:
+def _vit(
+    embed_dim: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...]
+) -> nn.Module:
     return ImageEncoderViT(
         img_size=IMAGE_SIZE,
         patch_size=16,
@@ -107,7 +109,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         return torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"invalid device {device!r}: expected e.g. 'cpu', 'cuda' or 'cuda:0'") from e
+        raise ValueError(
+            f"invalid device {device!r}: expected e.g. 'cpu', 'cuda' or 'cuda:0'"
+        ) from e
 
 
 def _unknown(name: object) -> ValueError:
@@ -134,7 +138,9 @@ def _matching_variant(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
-def check_state_dict(name: str, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+def check_state_dict(
+    name: str, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
     """Raise ``ValueError`` unless ``state_dict`` has exactly the keys and shapes of ``name``.
 
     The message names the variant, the source, the first missing / unexpected / mis-shaped
@@ -166,7 +172,9 @@ def check_state_dict(name: str, state_dict: Mapping[str, torch.Tensor], source: 
         parts.append(f"{len(mis_shaped)} keys with other shapes: {first(mis_shaped)}")
     other = _matching_variant(state_dict)
     if other is not None:
-        parts.append(f"this file is a {other!r} checkpoint: use build_sam({other!r}, checkpoint=...)")
+        parts.append(
+            f"this file is a {other!r} checkpoint: use build_sam({other!r}, checkpoint=...)"
+        )
     else:
         parts.append(f"expected an official checkpoint for {name!r}")
     raise ValueError("; ".join(parts))

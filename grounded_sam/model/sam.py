@@ -39,7 +39,9 @@ class Sam(nn.Module):
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
         self.name = name
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False
+        )
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
 
     @property
@@ -90,7 +92,7 @@ class Sam(nn.Module):
         images = torch.stack([self.preprocess(x["image"]) for x in batched_input], dim=0)
         embeddings = self.image_encoder(images)
         outputs = []
-        for record, emb in zip(batched_input, embeddings):
+        for record, emb in zip(batched_input, embeddings, strict=True):
             points = None
             if "point_coords" in record:
                 points = (record["point_coords"], record["point_labels"])

@@ -30,7 +30,10 @@ def test_variant_structure(name):
     if name.startswith("vit"):
         embed = {"vit_b": 768, "vit_l": 1024, "vit_h": 1280}[name]
         assert shapes["image_encoder.pos_embed"] == (1, 64, 64, embed)
-        assert shapes["image_encoder.blocks.0.attn.rel_pos_h"] == (27, 64 if name != "vit_h" else 80)
+        assert shapes["image_encoder.blocks.0.attn.rel_pos_h"] == (
+            27,
+            64 if name != "vit_h" else 80,
+        )
 
 
 def test_meta_vit_b_keys_match_exactly():
@@ -66,7 +69,9 @@ def test_wrong_variant_names_the_right_one(tmp_path):
 def test_wrong_file_through_build_sam(tmp_path):
     path = tmp_path / "tiny.pth"
     torch.save(meta_tiny_vit_sam().state_dict(), path)
-    with pytest.raises(ValueError, match=r"does not match SAM variant 'vit_b'.*tiny.pth|tiny.pth.*'vit_b'"):
+    with pytest.raises(
+        ValueError, match=r"does not match SAM variant 'vit_b'.*tiny.pth|tiny.pth.*'vit_b'"
+    ):
         build_sam("vit_b", checkpoint=path, device="cpu")
 
 
