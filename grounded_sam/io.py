@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
