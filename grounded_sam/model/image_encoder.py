@@ -124,8 +124,25 @@ class Block(nn.Module):
             x = self.attn.forward_windows(x, self.window_size)
         else:
             x = self.attn(x)
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        if x.device.type != "cpu":
+            x = shortcut + x
+            return x + self.mlp(self.norm2(x))
+        return self._residual_mlp_chunked(shortcut, x)
+
+    # Tokens per step of the CPU MLP path: the (tokens, 4C) hidden activations stay in
+    # cache, so the bias, GELU, norm and residual passes do not stream through memory.
+    _MLP_CHUNK = 512
+
+    def _residual_mlp_chunked(self, shortcut: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """``y = shortcut + attn; y + mlp(norm2(y))``, row by row in chunks of tokens."""
+        c = shortcut.shape[-1]
+        s2d, a2d = shortcut.reshape(-1, c), attn.reshape(-1, c)
+        out = torch.empty_like(s2d)
+        for i in range(0, s2d.shape[0], self._MLP_CHUNK):
+            sl = slice(i, i + self._MLP_CHUNK)
+            y = s2d[sl] + a2d[sl]
+            torch.add(y, self.mlp(self.norm2(y)), out=out[sl])
+        return out.view(shortcut.shape)
 
 
 class Attention(nn.Module):

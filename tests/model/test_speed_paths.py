@@ -143,3 +143,29 @@ def test_sdpa_reference_for_plain_attention():
     bias = rel_pos_bias(q, rh, rw, (3, 4), (3, 4))
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.5)
     torch.testing.assert_close(_plain_rel_pos_attention(q, k, v, rh, rw, (3, 4), 0.5), want)
+
+
+@pytest.mark.parametrize("window_size", [0, 4])
+def test_block_chunked_mlp_equals_plain_block(monkeypatch, window_size):
+    """The CPU path runs residual + MLP in token chunks (last chunk partial): same result."""
+    from grounded_sam.model.image_encoder import Block
+
+    block = Block(
+        dim=16,
+        num_heads=2,
+        mlp_ratio=2.0,
+        qkv_bias=True,
+        use_rel_pos=True,
+        window_size=window_size,
+        input_size=(9, 11),
+    )
+    perturb_(block.to(DT), scale=0.3)
+    monkeypatch.setattr(Block, "_MLP_CHUNK", 7)  # 99 tokens: 14 full chunks and a partial one
+    x = torch.randn(2, 9, 11, 16, dtype=DT, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        a = block.norm1(x)
+        a = block.attn.forward_windows(a, window_size) if window_size else block.attn(a)
+        y = x + a
+        want = y + block.mlp(block.norm2(y))
+        got = block(x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
