@@ -60,8 +60,12 @@ class Row:
             f"{self.ref_s * 1000:.0f}",
             f"{self.ours_s / self.ref_s:.2f}",
             f"{self.diff:.1e}" + (f" ({self.note})" if self.note else ""),
-            f"{self.mem_ours:.0f} / {self.mem_ref:.0f}",
+            f"{_mib(self.mem_ours)} / {_mib(self.mem_ref)}",
         ]
+
+
+def _mib(value: float) -> str:
+    return "<1" if value < 1 else f"{value:.0f}"
 
 
 HEADER = ["stage", "ours (ms)", "reference (ms)", "ratio", "max rel diff", "peak MiB ours / ref"]
