@@ -186,6 +186,7 @@ def build_sam(
     *,
     pretrained: bool = True,
     device: str | torch.device | None = None,
+    fuse: bool | None = None,
 ) -> Sam:
     """Build a SAM variant, in eval mode.
 
@@ -197,6 +198,11 @@ def build_sam(
             through :func:`grounded_sam.weights.fetch` (cached; offline-aware).
         pretrained: ``False`` gives random initialisation (``checkpoint`` must be ``None``).
         device: torch device; ``None`` picks CUDA when available, else CPU.
+        fuse: fold BatchNorm into the preceding convolutions for inference (MobileSAM's
+            TinyViT; same outputs up to float rounding, faster). ``None`` (default) fuses when
+            weights are loaded and not for ``pretrained=False``. A fused model's
+            ``state_dict()`` has no BatchNorm keys: build with ``fuse=False`` to fine-tune or
+            to re-save an official-format checkpoint.
 
     Raises:
         ValueError: unknown name, or a checkpoint that is not a matching SAM checkpoint.
@@ -216,4 +222,9 @@ def build_sam(
     model = _REGISTRY[name]()
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
-    return model.to(dev).eval()
+    model.eval()
+    if fuse is None:
+        fuse = pretrained
+    if fuse and hasattr(model.image_encoder, "fuse"):
+        model.image_encoder.fuse()
+    return model.to(dev)

@@ -102,3 +102,20 @@ def test_truncated_checkpoint(tmp_path):
 def test_missing_checkpoint_file(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         build_sam("vit_b", checkpoint=tmp_path / "nope.pth", device="cpu")
+
+
+def test_mobile_sam_fused_at_load_same_outputs(tmp_path):
+    """Loading weights folds TinyViT's BatchNorms; fuse=False keeps the official layout."""
+    from sam_refs import meta_mobile_sam, rel_diff, save_checkpoint
+
+    ckpt = save_checkpoint(meta_mobile_sam(), tmp_path / "mobile_sam.pt")
+    fused = build_sam("mobile_sam", checkpoint=ckpt, device="cpu")
+    plain = build_sam("mobile_sam", checkpoint=ckpt, device="cpu", fuse=False)
+    assert not any(".bn." in k for k in fused.state_dict())
+    assert plain.state_dict().keys() == _expected_shapes("mobile_sam").keys()
+    assert not any(".bn." in k for k in fused.image_encoder.state_dict())
+    x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert rel_diff(plain.image_encoder(x), fused.image_encoder(x)) < 1e-4
+    random = build_sam("mobile_sam", pretrained=False, device="cpu")
+    assert random.state_dict().keys() == _expected_shapes("mobile_sam").keys()
