@@ -10,13 +10,16 @@ into a temporary folder renamed into place on success. A bad image is reported a
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from grounded_sam.cli._common import UsageError, add_debug_arg, add_sam_args, atomic_dir, progress
+from grounded_sam.cli._common import (
+    add_debug_arg,
+    add_sam_args,
+    check_output_args,
+    run_per_image,
+)
 
 __all__ = ["add_parser", "records_to_result"]
 
@@ -108,27 +111,17 @@ def records_to_result(records: list[dict], image: np.ndarray):
     )
 
 
-def _unique_stems(paths: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for p in paths:
-        stem = Path(p).stem or "image"
-        seen[stem] = seen.get(stem, 0) + 1
-        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return out
+def _summary(path: str, result, seconds: float, where: Path) -> str:
+    n = len(result)
+    return f"{path}: {n} mask{'s' if n != 1 else ''} in {seconds:.2f} s -> {where}"
 
 
 def run(args: argparse.Namespace) -> int:
     """Segment every image; 0 if all were done, 2 if any was bad (the rest still done)."""
     from grounded_sam.automatic import AutomaticMaskGenerator
     from grounded_sam.model.build import build_sam
-    from grounded_sam.pipeline import read_image
 
-    if args.sam_checkpoint is not None and not Path(args.sam_checkpoint).is_file():
-        raise UsageError(f"--sam-checkpoint {args.sam_checkpoint!r}: no such file")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} exists and is not a folder")
+    out = check_output_args(args)
     knobs = dict(
         points_per_side=args.points_per_side,
         points_per_batch=args.points_per_batch,
@@ -143,35 +136,10 @@ def run(args: argparse.Namespace) -> int:
     sam = build_sam(args.sam, checkpoint=args.sam_checkpoint, device=args.device)
     generator = AutomaticMaskGenerator(sam, **knobs)
 
-    failed = 0
-    stems = _unique_stems(args.images)
-    for path, stem in progress(
-        list(zip(args.images, stems, strict=True)), total=len(stems), desc="everything"
-    ):
-        t0 = time.perf_counter()
-        try:
-            image = read_image(path)
-            result = records_to_result(generator.generate(image), image)
-        except (ValueError, TypeError) as e:
-            failed += 1
-            if getattr(args, "debug", False):
-                import traceback
-
-                traceback.print_exc()
-            sys.stderr.write(f"error: {path}: {e}\n")
-            continue
-        final = out / stem
-        with atomic_dir(final) as tmp:
-            result.save(tmp)
-        n = len(result)
-        print(
-            f"{path}: {n} mask{'s' if n != 1 else ''} in {time.perf_counter() - t0:.2f} s -> {final}",
-            flush=True,
-        )
-    if failed:
-        if len(stems) > 1:
-            sys.stderr.write(
-                f"{failed} of {len(stems)} images failed, {len(stems) - failed} done\n"
-            )
-        return 2
-    return 0
+    return run_per_image(
+        args,
+        out,
+        lambda image: records_to_result(generator.generate(image), image),
+        _summary,
+        desc="everything",
+    )

@@ -11,12 +11,16 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
-from grounded_sam.cli._common import UsageError, add_debug_arg, add_sam_args, atomic_dir, progress
+from grounded_sam.cli._common import (
+    UsageError,
+    add_debug_arg,
+    add_sam_args,
+    check_output_args,
+    run_per_image,
+)
 
 __all__ = ["add_parser", "parse_point", "parse_box"]
 
@@ -226,17 +230,6 @@ def _check_args(args: argparse.Namespace) -> None:
         )
 
 
-def _unique_stems(paths: list[str]) -> list[str]:
-    """File stems, made unique with ``_2``, ``_3``... so two inputs never share a folder."""
-    seen: Counter = Counter()
-    out = []
-    for p in paths:
-        stem = Path(p).stem or "image"
-        seen[stem] += 1
-        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return out
-
-
 def _summary(name: str, result, seconds: float, where: Path) -> str:
     counts = Counter(result.labels)
     per_label = ", ".join(f"{label}: {n}" for label, n in counts.items())
@@ -247,15 +240,11 @@ def _summary(name: str, result, seconds: float, where: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Segment every image; 0 if all were done, 2 if any was bad (the rest still done)."""
-    from grounded_sam.pipeline import GroundedSAM, read_image
+    from grounded_sam.pipeline import GroundedSAM
 
     _check_args(args)
     kw = _detector_kwargs(args) if args.text is not None else {}
-    if args.sam_checkpoint is not None and not Path(args.sam_checkpoint).is_file():
-        raise UsageError(f"--sam-checkpoint {args.sam_checkpoint!r}: no such file")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} exists and is not a folder")
+    out = check_output_args(args)
     pipe = GroundedSAM(
         args.detector, args.sam, sam_checkpoint=args.sam_checkpoint, device=args.device, **kw
     )
@@ -268,39 +257,15 @@ def run(args: argparse.Namespace) -> int:
     if args.box is not None:
         boxes = [list(b) for b in args.box]
 
-    failed = 0
-    stems = _unique_stems(args.images)
-    for path, stem in progress(
-        list(zip(args.images, stems, strict=True)), total=len(stems), desc="segment"
-    ):
-        t0 = time.perf_counter()
-        try:
-            image = read_image(path)
-            result = pipe.segment(
-                image,
-                args.text,
-                points=points,
-                point_labels=labels,
-                boxes=boxes,
-                multimask_output=args.multimask,
-                refine_with_sam=not args.no_refine,
-            )
-        except (ValueError, TypeError) as e:
-            failed += 1
-            if getattr(args, "debug", False):
-                import traceback
+    def process(image):
+        return pipe.segment(
+            image,
+            args.text,
+            points=points,
+            point_labels=labels,
+            boxes=boxes,
+            multimask_output=args.multimask,
+            refine_with_sam=not args.no_refine,
+        )
 
-                traceback.print_exc()
-            sys.stderr.write(f"error: {path}: {e}\n")
-            continue
-        final = out / stem
-        with atomic_dir(final) as tmp:
-            result.save(tmp)
-        print(_summary(path, result, time.perf_counter() - t0, final), flush=True)
-    if failed:
-        if len(stems) > 1:
-            sys.stderr.write(
-                f"{failed} of {len(stems)} images failed, {len(stems) - failed} done\n"
-            )
-        return 2
-    return 0
+    return run_per_image(args, out, process, _summary, desc="segment")
