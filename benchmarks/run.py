@@ -11,6 +11,11 @@ difference, peak memory (ours / reference). Rows:
 - ``decoder, N boxes``: our ``SamPredictor.predict_boxes`` vs Meta's
   ``SamPredictor.predict_torch`` on the same image embedding, masks upscaled to the
   original image in both; the difference is over the full-resolution logits.
+- ``automatic, 32x32 points``: our ``AutomaticMaskGenerator`` vs Meta's
+  ``SamAutomaticMaskGenerator`` on the mobile_sam pair (encoder included), with the
+  "many" preset of ``benchmarks/automatic.py`` (random weights keep nothing at Meta's
+  defaults); one timed run each. The difference column is the share of Meta's masks
+  without a distinct partner at mask IoU >= 0.98 in ours.
 
 Weights: Meta's / ultralytics' models with every parameter perturbed (``tests/sam_refs.py``),
 saved as official-format checkpoints and loaded with ``build_sam``; no network. Image:
@@ -117,6 +122,40 @@ def mobile_sam_pair(device: torch.device, tmp: Path):
 
 
 # ---------------------------------------------------------------- benchmarks
+@torch.no_grad()
+def bench_automatic(ours, ref, device: torch.device) -> Row:
+    """Automatic mask generation at 32x32 points on chelsea, one timed run each."""
+    from automatic import PRESETS
+    from segment_anything import SamAutomaticMaskGenerator
+    from skimage.data import chelsea
+
+    from grounded_sam import AutomaticMaskGenerator
+    from grounded_sam._amg import match_masks
+
+    image = chelsea()
+    kw = dict(points_per_side=32, **PRESETS["many"])
+    gen_ours, gen_ref = AutomaticMaskGenerator(ours, **kw), SamAutomaticMaskGenerator(ref, **kw)
+    out_ours, out_ref = gen_ours.generate(image), gen_ref.generate(image)
+
+    def stack(records):
+        if not records:
+            return torch.zeros((0, *image.shape[:2]), dtype=torch.bool)
+        return torch.as_tensor(np.stack([r["segmentation"] for r in records]))
+
+    matched, _ = match_masks(stack(out_ref), stack(out_ours), 0.98)
+    unmatched = 1.0 - matched / max(len(out_ref), 1)
+    return compare(
+        "automatic, 32x32 points",
+        lambda: gen_ours.generate(image),
+        lambda: gen_ref.generate(image),
+        device,
+        repeats=1,
+        warmup=0,
+        diff=unmatched,
+        note=f"{len(out_ours)} vs {len(out_ref)} masks, {matched} of Meta's matched",
+    )
+
+
 @torch.no_grad()
 def bench_encoder(
     stage: str, ours, ref, device: torch.device, repeats: int, warmup: int
@@ -255,10 +294,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 bench_encoder("mobile_sam encoder", m_ours, m_ref, device, repeats, warmup)[0]
             )
+            if args.quick:
+                notes.append("automatic mask generation: skipped with --quick")
+            else:
+                rows.append(bench_automatic(m_ours, m_ref, device))
             del m_ours, m_ref
         for n in (1, 16):
             rows.append(bench_decoder(ours, ref, features, n, device, repeats, warmup))
-    notes.append("automatic mask generation: not measured here (see benchmarks/automatic.py)")
     print(format_table(rows))
     for note in notes:
         print(f"\n{note}")
