@@ -43,7 +43,9 @@ class PositionEmbeddingRandom(nn.Module):
         )  # (h, w, 2) as (x, y)
         return self._pe_encoding(grid).permute(2, 0, 1)
 
-    def forward_with_coords(self, coords: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    def forward_with_coords(
+        self, coords: torch.Tensor, image_size: tuple[int, int]
+    ) -> torch.Tensor:
         """(B, N, 2) pixel (x, y) coordinates in an (H, W) image -> (B, N, C)."""
         coords = coords.clone()
         coords[..., 0] = coords[..., 0] / image_size[1]
