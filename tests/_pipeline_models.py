@@ -163,3 +163,31 @@ class CallCounter:
 
     def __exit__(self, *exc) -> None:
         del self.module.forward  # back to the class method
+
+
+def run_cli(command: str, argv, capsys) -> tuple[int, str, str]:
+    """``grounded-sam COMMAND ARGV`` in-process: (exit code, stdout, stderr)."""
+    from grounded_sam.cli import main
+
+    try:
+        rc = main([command, *map(str, argv)])
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def sam_args() -> list[str]:
+    """``--sam mobile_sam --sam-checkpoint <random MobileSAM file> --device cpu``."""
+    return [
+        "--sam",
+        "mobile_sam",
+        "--sam-checkpoint",
+        str(mobile_sam_checkpoint()),
+        "--device",
+        "cpu",
+    ]
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]

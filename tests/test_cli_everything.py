@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from _pipeline_models import mobile_sam_checkpoint, small_chelsea, write_png
+from _pipeline_models import error_lines, sam_args, small_chelsea, write_png
+from _pipeline_models import run_cli as _run_cli
 from PIL import Image
 from pycocotools import mask as mask_utils
-
-from grounded_sam.cli import main
 
 KEEP_ALL = [
     "--points-per-side",
@@ -28,27 +27,7 @@ KEEP_ALL = [
 
 
 def run_cli(argv, capsys) -> tuple[int, str, str]:
-    try:
-        rc = main(["everything", *map(str, argv)])
-    except SystemExit as e:  # argparse errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def sam_args() -> list[str]:
-    return [
-        "--sam",
-        "mobile_sam",
-        "--sam-checkpoint",
-        str(mobile_sam_checkpoint()),
-        "--device",
-        "cpu",
-    ]
-
-
-def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("error:")]
+    return _run_cli("everything", argv, capsys)
 
 
 def test_good_and_bad_images_in_one_batch(tmp_path, capsys):

@@ -16,16 +16,17 @@ import pytest
 from _pipeline_models import (
     PHRASES,
     TEXT,
+    error_lines,
     gdino_dir,
     gdino_threshold,
-    mobile_sam_checkpoint,
+    sam_args,
     small_chelsea,
     write_png,
 )
+from _pipeline_models import run_cli as _run_cli
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from grounded_sam.cli import main
 from grounded_sam.detectors import Detections, register_detector
 from grounded_sam.detectors import base as det_base
 from grounded_sam.pipeline import GroundedSAM, Result
@@ -33,29 +34,8 @@ from grounded_sam.pipeline import GroundedSAM, Result
 H, W = 150, 226  # small_chelsea()
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """``grounded-sam segment ARGV`` in-process: (exit code, stdout, stderr)."""
-    try:
-        rc = main(["segment", *map(str, argv)])
-    except SystemExit as e:  # argparse errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def sam_args() -> list[str]:
-    return [
-        "--sam",
-        "mobile_sam",
-        "--sam-checkpoint",
-        str(mobile_sam_checkpoint()),
-        "--device",
-        "cpu",
-    ]
-
-
-def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("error:")]
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    return _run_cli("segment", argv, capsys)
 
 
 def entries(path: Path) -> list[str]:
