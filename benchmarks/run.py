@@ -253,8 +253,8 @@ def machine_line(device: torch.device) -> str:
     return "; ".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """``--threads``, ``--device`` and ``--quick``, shared with ``benchmarks/sam_core.py``."""
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
     )
@@ -262,21 +262,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="one timed run per row, no warm-up (a smoke test)"
     )
-    parser.add_argument(
-        "--repeats", type=int, default=None, help="timed runs per row (default 5; 1 with --quick)"
-    )
-    args = parser.parse_args(argv)
+
+
+def setup_from_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, repeats: int | None = None
+) -> tuple[torch.device, int, int]:
+    """Apply ``--threads``, check ``--device``; returns (device, repeats, warmup)."""
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        parser.error(f"--device must be cpu or cuda, got {args.device!r}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    if device.type not in ("cpu", "cuda"):
-        parser.error(f"--device must be cpu or cuda, got {args.device!r}")
-    repeats = args.repeats or (1 if args.quick else 5)
-    warmup = 0 if args.quick else 1
+    return device, repeats or (1 if args.quick else 5), 0 if args.quick else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(parser)
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per row (default 5; 1 with --quick)"
+    )
+    args = parser.parse_args(argv)
+    device, repeats, warmup = setup_from_args(parser, args, args.repeats)
 
     print(machine_line(device))
     rows: list[Row] = []

@@ -14,8 +14,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run  # noqa: E402
@@ -23,18 +21,9 @@ import run  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true", help="one timed run, no warm-up")
+    run.add_common_args(parser)
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    repeats, warmup = (1, 0) if args.quick else (5, 1)
+    device, repeats, warmup = run.setup_from_args(parser, args)
     print(run.machine_line(device))
     with tempfile.TemporaryDirectory() as tmp:
         ours, ref = run.vit_b_pair(device, Path(tmp))
