@@ -35,10 +35,16 @@ TINY_VIT_CFG = dict(
 
 @torch.no_grad()
 def perturb_(model: nn.Module, scale: float = 0.05, seed: int = 0) -> nn.Module:
-    """Add N(0, scale) noise to every floating parameter and buffer, in place."""
+    """Add N(0, scale) noise to every floating parameter and buffer a checkpoint carries, in place.
+
+    Non-persistent buffers (Meta's ``pixel_mean``/``pixel_std``) are constants of the
+    architecture, not weights: perturbing them would make the reference normalise images
+    differently from any model loaded from the saved checkpoint.
+    """
     g = torch.Generator().manual_seed(seed)
+    saved = set(model.state_dict())
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if not t.is_floating_point():
+        if not t.is_floating_point() or name not in saved:
             continue
         t.add_(torch.randn(t.shape, generator=g, dtype=t.dtype) * scale)
         if name.endswith("running_var"):
