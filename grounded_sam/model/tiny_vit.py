@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grounded_sam.model._fused import conv2d_add, conv2d_gelu, gelu_, linear_add, linear_gelu
 from grounded_sam.model.common import LayerNorm2d
 
 __all__ = ["Conv2dBN", "TinyViT", "tiny_vit_5m"]
@@ -87,6 +88,19 @@ class Conv2dBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.c(x))
+
+    def forward_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """``F.gelu(self(x))``, with the GELU fused into the convolution once BN is folded."""
+        if self.is_fused:
+            return conv2d_gelu(self.c, x)
+        return gelu_(self(x))
+
+    def forward_add(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``self(x) + other``, with the add fused into the convolution once BN is folded."""
+        if self.is_fused:
+            return conv2d_add(self.c, x, other)
+        y = self(x)
+        return y + other if torch.is_grad_enabled() else y.add_(other)
 
     @torch.no_grad()
     def fuse(self) -> None:
@@ -143,13 +157,23 @@ class _PatchEmbed(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.seq(x)
+        first, _, second = self.seq
+        return second(first.forward_gelu(x))
+
+
+# Working-set budget of one stripe of an MBConv block's hidden activation (see _MBConv).
+_STRIPE_BYTES = 4 << 20
 
 
 class _MBConv(nn.Module):
     """Inverted bottleneck (1x1 expand, 3x3 depthwise, 1x1 project) with a residual.
 
     (B, C, H, W) -> (B, C, H, W); GELU after each of the first two convs and after the sum.
+
+    For CPU inference the block runs in horizontal stripes of rows, each with its one-row halo
+    for the depthwise conv, so the 4x-expanded hidden activation (64 MiB for one MobileSAM image)
+    never exists in full: each stripe's stays in cache and reuses the allocator's memory. The
+    outputs are the same (every output pixel sees the same inputs and weights).
     """
 
     def __init__(self, dim: int, expand_ratio: float, drop_path: float) -> None:
@@ -160,11 +184,31 @@ class _MBConv(nn.Module):
         self.conv3 = Conv2dBN(hidden, dim, 1)
         self.drop_path = drop_path
 
+    def _forward_rows(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """The block's output for ``rows`` of ``x`` (all rows when None)."""
+        if rows is None:
+            y = self.conv2.forward_gelu(self.conv1.forward_gelu(x))
+            return gelu_(self.conv3.forward_add(y, x))
+        start, stop = rows.start, rows.stop
+        lo, hi = max(start - 1, 0), min(stop + 1, x.shape[2])
+        y = self.conv2.forward_gelu(self.conv1.forward_gelu(x[:, :, lo:hi]))
+        y = y[:, :, start - lo : stop - lo]  # drop the halo rows (padded wrongly at the cut)
+        return gelu_(self.conv3.forward_add(y, x[:, :, start:stop]))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.gelu(self.conv1(x))
-        y = F.gelu(self.conv2(y))
-        y = self.conv3(y)
-        return F.gelu(x + _drop_path(y, self.drop_path, self.training))
+        if self.training and self.drop_path > 0.0:
+            y = self.conv2.forward_gelu(self.conv1.forward_gelu(x))
+            return F.gelu(x + _drop_path(self.conv3(y), self.drop_path, self.training))
+        b, _, h, w = x.shape
+        hidden = self.conv1.c.out_channels
+        rows = max(2, _STRIPE_BYTES // max(1, b * w * hidden * x.element_size()) - 2)
+        if x.device.type != "cpu" or torch.is_grad_enabled() or rows >= h:
+            return self._forward_rows(x)
+        out = torch.empty_like(x)
+        for start in range(0, h, rows):
+            stop = min(start + rows, h)
+            out[:, :, start:stop] = self._forward_rows(x, slice(start, stop))
+        return out
 
 
 class _PatchMerging(nn.Module):
@@ -180,13 +224,14 @@ class _PatchMerging(nn.Module):
         self.conv3 = Conv2dBN(out_dim, out_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.gelu(self.conv1(x))
-        x = F.gelu(self.conv2(x))
-        return self.conv3(x)
+        return self.conv3(self.conv2.forward_gelu(self.conv1.forward_gelu(x)))
 
 
 class _Mlp(nn.Module):
-    """Pre-norm feed-forward: ``fc2(gelu(fc1(norm(x))))`` on (..., C) tokens."""
+    """Pre-norm feed-forward: ``fc2(gelu(fc1(norm(x))))`` on (..., C) tokens.
+
+    ``forward(x, residual)`` adds ``residual`` to the output (fused into ``fc2`` where possible).
+    """
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
@@ -194,8 +239,9 @@ class _Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(self.norm(x))))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = linear_gelu(self.fc1, self.norm(x))
+        return self.fc2(hidden) if residual is None else linear_add(self.fc2, hidden, residual)
 
 
 def _window_offset_index(window_size: int) -> torch.Tensor:
@@ -303,9 +349,14 @@ class _TinyViTBlock(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + _drop_path(self._windowed_attention(x), self.drop_path, self.training)
+        if self.training and self.drop_path > 0.0:
+            x = x + _drop_path(self._windowed_attention(x), self.drop_path, self.training)
+            x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            return x + _drop_path(self.mlp(x), self.drop_path, self.training)
+        attended = self._windowed_attention(x)  # a fresh tensor: add the residual in place
+        x = attended + x if torch.is_grad_enabled() else attended.add_(x)
         x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return x + _drop_path(self.mlp(x), self.drop_path, self.training)
+        return self.mlp(x, residual=x)
 
 
 class _ConvStage(nn.Module):
