@@ -108,7 +108,8 @@ class UltralyticsProposer:
                 "pip install 'ultralytics>=8.1'"
             ) from e
         try:
-            self.model = YOLO(str(checkpoint), task="segment")
+            with _keep_torch_threads():
+                self.model = YOLO(str(checkpoint), task="segment")
         except Exception as e:
             raise ValueError(
                 f"could not load the YOLO checkpoint {str(checkpoint)!r}: {e}; expected an "
@@ -135,7 +136,8 @@ class UltralyticsProposer:
         """``image`` HxWx3 uint8 RGB -> boxes ``(N, 4)`` float32 XYXY px, masks ``(N, H, W)`` bool."""
         h, w = image.shape[:2]
         bgr = np.ascontiguousarray(image[:, :, ::-1])  # ultralytics reads arrays as BGR
-        result = self.model.predict(source=bgr, **self.kwargs)[0]
+        with _keep_torch_threads():
+            result = self.model.predict(source=bgr, **self.kwargs)[0]
         if result.masks is None or len(result.boxes) == 0:
             return np.zeros((0, 4), np.float32), np.zeros((0, h, w), bool)
         boxes = result.boxes.xyxy.float().cpu().numpy().astype(np.float32)
@@ -355,6 +357,21 @@ def _check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> i
             f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}"
         )
     return value
+
+
+@contextlib.contextmanager
+def _keep_torch_threads() -> Iterator[None]:
+    """Undo ultralytics' ``torch.set_num_threads``: on CPU its ``select_device`` sets the
+    process-wide thread count to ``min(8, cpu_count - 1)`` (1 on a 2-core machine), which
+    would slow every later SAM and CLIP pass in the process."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _resolve_yolo(yolo: str | os.PathLike) -> Path:

@@ -44,6 +44,23 @@ def test_proposals_match_ultralytics(det, yolo_seg_pt, small_chelsea, tmp_path) 
     np.testing.assert_array_equal(masks, ref.masks.data.numpy() > 0.5)
 
 
+def test_ultralytics_does_not_change_torch_threads(yolo_seg_pt, tiny_clip, small_chelsea) -> None:
+    """ultralytics' select_device sets torch's thread count to min(8, cores - 1); building and
+    running the detector must leave the process's setting (and so SAM's speed) alone."""
+    name, state = tiny_clip
+    before = torch.get_num_threads()
+    wanted = 3 if before != 3 else 4
+    torch.set_num_threads(wanted)
+    try:
+        detector = build_detector(
+            "yolo-clip", yolo=yolo_seg_pt, clip=name, clip_pretrained=state, **KW
+        )
+        detector.detect(small_chelsea, "a cat")
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_detect_end_to_end(det, small_chelsea, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     original = det.encoder.model.encode_image
