@@ -467,7 +467,9 @@ def test_yolo_clip_end_to_end_refined_and_raw():
         refined = gs.segment(small_chelsea(), TEXT)
     assert enc.calls == 1
     assert refined.labels == raw.labels
-    np.testing.assert_allclose(refined.boxes, raw.boxes)
+    # Same detections; YOLO's float rounding may differ between calls with the thread count
+    # (ultralytics' first predict runs its setup at its own thread setting).
+    np.testing.assert_allclose(refined.boxes, raw.boxes, rtol=1e-5)
     assert refined.masks.shape == raw.masks.shape and (refined.masks != raw.masks).any()
 
 
