@@ -16,6 +16,8 @@ in place where autograd does not need the input):
 - PyTorch was built with oneDNN, and a one-time self-check of the fused operators on small
   random inputs matched the plain ops (so a PyTorch release that changes these private
   operators falls back instead of failing or computing something else);
+- no ``torch.jit.trace``, ``torch.compile`` or ``torch.export`` is tracing the model (exports
+  and compiled graphs see standard operators only);
 - the environment variable ``GROUNDED_SAM_DISABLE_FUSION`` is unset or ``0``.
 
 The fused results differ from the unfused ones by float rounding only (the bias and the
@@ -92,12 +94,20 @@ def fusion_available() -> bool:
     return True
 
 
+def _tracing() -> bool:
+    """Under torch.jit tracing, torch.compile or torch.export: keep to standard ops."""
+    compiler = getattr(torch, "compiler", None)
+    is_compiling = getattr(compiler, "is_compiling", None)
+    return torch.jit.is_tracing() or bool(is_compiling is not None and is_compiling())
+
+
 def _fast(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and not torch.is_grad_enabled()
+        and not _tracing()
         and fusion_available()
     )
 
@@ -109,17 +119,25 @@ def gelu_(x: torch.Tensor) -> torch.Tensor:
     return torch._C._nn.gelu_(x)
 
 
-def _conv_fast(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+def _conv_fast(conv: nn.Module, x: torch.Tensor) -> bool:
     return (
-        conv.padding_mode == "zeros" and not isinstance(conv.padding, str) and _fast(x, conv.weight)
+        type(conv) is nn.Conv2d
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and _fast(x, conv.weight)
     )
+
+
+def _linear_fast(linear: nn.Module, x: torch.Tensor) -> bool:
+    # Exactly nn.Linear: quantized or otherwise replaced layers run as themselves.
+    return type(linear) is nn.Linear and _fast(x, linear.weight)
 
 
 def _conv_args(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
     return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
 
 
-def conv2d_gelu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+def conv2d_gelu(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``F.gelu(conv(x))``."""
     if _conv_fast(conv, x):
         return torch.ops.mkldnn._convolution_pointwise(
@@ -128,7 +146,7 @@ def conv2d_gelu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return gelu_(conv(x))
 
 
-def conv2d_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+def conv2d_add(conv: nn.Module, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """``conv(x) + other`` (``other`` has the convolution's output shape); a new tensor."""
     if _conv_fast(conv, x) and other.dtype == x.dtype:
         return torch.ops.mkldnn._convolution_pointwise.binary(
@@ -138,18 +156,18 @@ def conv2d_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.T
     return y + other if torch.is_grad_enabled() else y.add_(other)
 
 
-def linear_gelu(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def linear_gelu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``F.gelu(linear(x))``."""
-    if _fast(x, linear.weight):
+    if _linear_fast(linear, x):
         return torch.ops.mkldnn._linear_pointwise(
             x, linear.weight, linear.bias, "gelu", [None], "none"
         )
     return gelu_(linear(x))
 
 
-def linear_add(linear: nn.Linear, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+def linear_add(linear: nn.Module, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """``linear(x) + other`` (``other`` has the output's shape); a new tensor."""
-    if _fast(x, linear.weight) and other.dtype == x.dtype and other.shape[:-1] == x.shape[:-1]:
+    if _linear_fast(linear, x) and other.dtype == x.dtype and other.shape[:-1] == x.shape[:-1]:
         return torch.ops.mkldnn._linear_pointwise.binary(
             x, other, linear.weight, linear.bias, "add"
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from grounded_sam.model._fused import linear_add, linear_gelu
+
 
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel dimension of a (B, C, H, W) tensor."""
@@ -33,6 +35,13 @@ class MLPBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lin2(self.act(self.lin1(x)))
+
+    def forward_residual(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)``; with an exact GELU the activation and the add are fused into
+        the linear layers where :mod:`grounded_sam.model._fused` allows."""
+        if isinstance(self.act, nn.GELU) and self.act.approximate == "none":
+            return linear_add(self.lin2, linear_gelu(self.lin1, x), residual)
+        return residual + self(x)
 
 
 class MLP(nn.Module):

@@ -141,7 +141,7 @@ class Block(nn.Module):
         for i in range(0, s2d.shape[0], self._MLP_CHUNK):
             sl = slice(i, i + self._MLP_CHUNK)
             y = s2d[sl] + a2d[sl]
-            torch.add(y, self.mlp(self.norm2(y)), out=out[sl])
+            out[sl] = self.mlp.forward_residual(self.norm2(y), y)
         return out.view(shortcut.shape)
 
 
@@ -196,7 +196,9 @@ class Attention(nn.Module):
         if pad_h or pad_w:
             padded = qkv.new_empty(b, hp, wp, 3 * c)
             padded[:, :h, :w] = qkv
-            fill = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(3 * c)
+            # qkv of a zero token: exactly the bias for nn.Linear, and right for replaced
+            # (e.g. quantized) layers too.
+            fill = self.qkv(qkv.new_zeros(1, c))[0]
             padded[:, h:] = fill
             padded[:, :h, w:] = fill
             qkv = padded

@@ -142,3 +142,24 @@ def test_tiny_vit_inference_path_equals_autograd_path(fusion):
     plain = model(x).detach()
     assert torch.equal(x, before)
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_tracing_sees_standard_ops_only():
+    """torch.export of the inference path records no private mkldnn operators."""
+
+
+    class ConvGelu(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = _layers()[0]
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return conv2d_gelu(self.conv, t)
+
+    module = ConvGelu().eval()
+    x = _rand(1, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        exported = torch.export.export(module, (x,))
+        graph = str(exported.graph)
+        torch.testing.assert_close(exported.module()(x), F.gelu(module.conv(x)))
+    assert "mkldnn" not in graph and "gelu" in graph
