@@ -31,6 +31,7 @@ from torchvision.ops import batched_nms, box_area
 
 from grounded_sam import _amg
 from grounded_sam.io import ImageLike, load_image
+from grounded_sam.model.precision import decode_masks
 from grounded_sam.predictor import SamPredictor
 
 __all__ = ["AutomaticMaskGenerator"]
@@ -326,7 +327,8 @@ class AutomaticMaskGenerator:
             coords = coords_all[start : start + self.points_per_batch, None, :]
             labels = torch.ones(coords.shape[:2], dtype=torch.int, device=dev)
             sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-            low, iou = model.mask_decoder(
+            low, iou = decode_masks(
+                model,
                 image_embeddings=p.features,
                 image_pe=image_pe,
                 sparse_prompt_embeddings=sparse,

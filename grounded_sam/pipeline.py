@@ -362,6 +362,9 @@ class GroundedSAM:
             ``SamPredictor``.
         sam_checkpoint: official-format checkpoint for a named ``sam``; ``None`` fetches the
             registry weights through :func:`grounded_sam.weights.fetch`.
+        precision: for a named ``sam``: ``"fp32"`` (default, exact) or an opt-in faster,
+            less accurate mode, ``"bf16"``/``"fp16"`` (GPUs) or ``"int8"`` (CPU); see
+            :func:`grounded_sam.build_sam`.
         device: torch device for models built here; ``None`` -> CUDA if available, else CPU.
             A given ``Sam`` / ``SamPredictor`` is moved there only when ``device`` is given.
         cache_size: how many image embeddings to keep (LRU, keyed on the image content).
@@ -380,14 +383,17 @@ class GroundedSAM:
         sam_checkpoint: str | os.PathLike | None = None,
         device=None,
         cache_size: int = 8,
+        precision: str = "fp32",
         **detector_kwargs,
     ) -> None:
         import torch
 
         from grounded_sam.detectors import list_detectors
         from grounded_sam.model.build import build_sam, resolve_device
+        from grounded_sam.model.precision import check_precision
         from grounded_sam.predictor import SamPredictor
 
+        check_precision(precision)
         if not isinstance(cache_size, int) or cache_size < 1:
             raise ValueError(f"cache_size must be an integer >= 1, got {cache_size!r}")
         # detector (built lazily) ------------------------------------------------
@@ -421,6 +427,11 @@ class GroundedSAM:
         # SAM ------------------------------------------------------------------
         if sam_checkpoint is not None and not isinstance(sam, str):
             raise ValueError("sam_checkpoint only applies when sam is a variant name")
+        if precision != "fp32" and not isinstance(sam, str):
+            raise ValueError(
+                "precision only applies when sam is a variant name; for a ready model use "
+                "build_sam(..., precision=...) or grounded_sam.model.precision.apply_precision"
+            )
         if isinstance(sam, SamPredictor):
             predictor = sam
             if device is not None:
@@ -430,7 +441,9 @@ class GroundedSAM:
                 sam.to(resolve_device(device))
             predictor = SamPredictor(sam)
         elif isinstance(sam, str):
-            predictor = SamPredictor(build_sam(sam, checkpoint=sam_checkpoint, device=device))
+            predictor = SamPredictor(
+                build_sam(sam, checkpoint=sam_checkpoint, device=device, precision=precision)
+            )
         else:
             raise TypeError(
                 f"sam must be a variant name, a Sam or a SamPredictor, got {type(sam).__name__}"
@@ -763,6 +776,7 @@ class GroundedSAM:
         """
         import torch
 
+        from grounded_sam.model.precision import encode_image
         from grounded_sam.predictor import ImageEmbedding
 
         keys = [_image_key(im) for im in images]
@@ -791,7 +805,7 @@ class GroundedSAM:
                         for r in resized
                     ]
                 )
-                feats = self.sam.image_encoder(x)
+                feats = encode_image(self.sam, x)
             self._sync()
             per = (time.perf_counter() - t) / len(chunk)
             self.encoder_calls += len(chunk)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from grounded_sam.io import ImageLike, load_image
+from grounded_sam.model.precision import decode_masks, encode_image
 from grounded_sam.model.sam import Sam
 
 __all__ = ["SamPredictor", "ResizeLongestSide", "ImageEmbedding"]
@@ -164,7 +165,7 @@ class SamPredictor:
         original_size = (int(original_image_size[0]), int(original_image_size[1]))
         input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
         x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
-        features = self.model.image_encoder(x)
+        features = encode_image(self.model, x)
         self.set_embedding(ImageEmbedding(features, original_size, input_size))
 
     def set_embedding(self, embedding: ImageEmbedding) -> None:
@@ -323,7 +324,8 @@ class SamPredictor:
             raise ValueError(f"boxes must be (B, 4), got {tuple(boxes.shape)}")
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        return self.model.mask_decoder(
+        return decode_masks(
+            self.model,
             image_embeddings=self.features,
             image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,

@@ -38,7 +38,7 @@ def add_debug_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sam_args(parser: argparse.ArgumentParser, default: str = "mobile_sam") -> None:
-    """``--sam NAME``, ``--sam-checkpoint PATH`` and ``--device D``."""
+    """``--sam NAME``, ``--sam-checkpoint PATH``, ``--precision P`` and ``--device D``."""
     parser.add_argument(
         "--sam", default=default, metavar="NAME", help=f"SAM variant (default {default})"
     )
@@ -47,6 +47,13 @@ def add_sam_args(parser: argparse.ArgumentParser, default: str = "mobile_sam") -
         default=None,
         metavar="PATH",
         help="official-format SAM checkpoint; default: the cached/downloaded weights",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16", "int8"),
+        help="SAM precision (default fp32, exact); opt-in faster, less accurate modes: "
+        "bf16/fp16 autocast (GPUs), int8 dynamic quantisation of the encoder (CPU)",
     )
     parser.add_argument(
         "--device", default=None, metavar="D", help="torch device, e.g. cpu or cuda:0"

@@ -195,6 +195,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         detector=args.detector,
         sam=args.sam,
         sam_checkpoint=args.sam_checkpoint,
+        precision=args.precision,
         detector_args=dict(args.detector_arg),
         device=args.device,
         refine_with_sam=not args.no_sam_refine,
@@ -224,6 +225,7 @@ def _cmd_grid(args: argparse.Namespace) -> int:
             ("--detector", args.detector),
             ("--detector-arg", args.detector_arg),
             ("--sam-checkpoint", args.sam_checkpoint),
+            ("--precision", args.precision != "fp32"),
             ("--name", args.name),
         )
         if value

@@ -133,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
     )
     # validate the knobs before loading any weights (ValueError names the knob -> exit 2)
     AutomaticMaskGenerator.validate_knobs(**knobs)
-    sam = build_sam(args.sam, checkpoint=args.sam_checkpoint, device=args.device)
+    sam = build_sam(
+        args.sam, checkpoint=args.sam_checkpoint, device=args.device, precision=args.precision
+    )
     generator = AutomaticMaskGenerator(sam, **knobs)
 
     return run_per_image(

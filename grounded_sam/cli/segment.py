@@ -246,7 +246,12 @@ def run(args: argparse.Namespace) -> int:
     kw = _detector_kwargs(args) if args.text is not None else {}
     out = check_output_args(args)
     pipe = GroundedSAM(
-        args.detector, args.sam, sam_checkpoint=args.sam_checkpoint, device=args.device, **kw
+        args.detector,
+        args.sam,
+        sam_checkpoint=args.sam_checkpoint,
+        device=args.device,
+        precision=args.precision,
+        **kw,
     )
     if args.text is not None:
         pipe.detector  # noqa: B018 - build it now: a bad detector option fails once, up front

@@ -44,7 +44,7 @@ _TOP_KEYS = {
     "warmup",
 }
 _DET_KEYS = {"name", "detector", "args", "refine_with_sam"}
-_SAM_KEYS = {"name", "sam", "checkpoint"}
+_SAM_KEYS = {"name", "sam", "checkpoint", "precision"}
 
 
 class GridConfig:
@@ -146,12 +146,15 @@ def load_config(
         d_name = d.get("name") or d["detector"]
         refine = bool(d.get("refine_with_sam", True))
         for s in sams if refine else sams[:1]:
-            s_name = (s.get("name") or s["sam"]) if refine else "no-sam"
+            precision = s.get("precision") or "fp32"
+            default_name = s["sam"] if precision == "fp32" else f"{s['sam']}-{precision}"
+            s_name = (s.get("name") or default_name) if refine else "no-sam"
             runs.append(
                 RunSpec(
                     detector=d["detector"],
                     sam=s["sam"],
                     sam_checkpoint=s.get("checkpoint"),
+                    precision=precision if refine else "fp32",
                     detector_args=d.get("args") or {},
                     device=dev,
                     refine_with_sam=refine,

@@ -40,6 +40,7 @@ def render_report(metrics: Mapping[str, Any], coco_summary: str = "") -> str:
         f"- detector: `{run.get('detector')}` {run.get('detector_args') or ''}".rstrip(),
         f"- SAM: `{run.get('sam')}`"
         + (f" (checkpoint `{run['sam_checkpoint']}`)" if run.get("sam_checkpoint") else "")
+        + (f", precision {run['precision']}" if run.get("precision", "fp32") != "fp32" else "")
         + ("" if run.get("refine_with_sam", True) else " (not used: detector masks)"),
         f"- dataset: {ds.get('type')} "
         + ", ".join(f"{k}=`{v}`" for k, v in ds.items() if k != "type"),

@@ -74,6 +74,7 @@ class RunSpec:
         detector: a registered detector name or ``"gt-boxes"`` (the ground-truth-box oracle).
         sam: a SAM variant name (``vit_b`` ... ``mobile_sam``).
         sam_checkpoint: official-format checkpoint; ``None`` uses the cached registry weights.
+        precision: SAM precision mode (``"fp32"``, ``"bf16"``, ``"fp16"``, ``"int8"``).
         detector_args: keyword arguments for ``build_detector`` (e.g. ``box_threshold``).
         device: torch device; ``None`` picks CUDA when available.
         refine_with_sam: ``False`` keeps the detector's own masks (FastSAM-style ``yolo-clip``).
@@ -86,6 +87,7 @@ class RunSpec:
     detector: str
     sam: str = "mobile_sam"
     sam_checkpoint: str | None = None
+    precision: str = "fp32"
     detector_args: dict[str, Any] = field(default_factory=dict)
     device: str | None = None
     refine_with_sam: bool = True
@@ -98,6 +100,9 @@ class RunSpec:
             raise ValueError(f"detector must be a detector name, got {self.detector!r}")
         if self.score not in SCORE_MODES:
             raise ValueError(f"score must be one of {SCORE_MODES}, got {self.score!r}")
+        from grounded_sam.model.precision import check_precision
+
+        check_precision(self.precision)
         if not isinstance(self.detector_args, Mapping):
             raise TypeError(
                 f"detector_args must be a mapping, got {type(self.detector_args).__name__}"
@@ -116,7 +121,8 @@ class RunSpec:
         if self.device is not None:
             self.device = str(self.device)
         if self.name is None:
-            self.name = f"{self.detector}__{self.sam if self.refine_with_sam else 'no-sam'}"
+            sam = self.sam if self.precision == "fp32" else f"{self.sam}-{self.precision}"
+            self.name = f"{self.detector}__{sam if self.refine_with_sam else 'no-sam'}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,6 +151,7 @@ def build_pipeline(spec: RunSpec, *, sam: Any = None, detector: Any = None):
     kwargs: dict[str, Any] = {"device": spec.device}
     if sam is None:
         kwargs["sam_checkpoint"] = spec.sam_checkpoint
+        kwargs["precision"] = spec.precision
         sam = spec.sam
     if detector is None:
         return GroundedSAM(spec.detector, sam, **kwargs, **spec.detector_args), None

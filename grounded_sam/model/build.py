@@ -15,6 +15,7 @@ from torch import nn
 
 from grounded_sam.model.image_encoder import ImageEncoderViT
 from grounded_sam.model.mask_decoder import build_mask_decoder
+from grounded_sam.model.precision import apply_precision, check_precision
 from grounded_sam.model.prompt_encoder import PromptEncoder
 from grounded_sam.model.sam import Sam
 
@@ -187,6 +188,7 @@ def build_sam(
     pretrained: bool = True,
     device: str | torch.device | None = None,
     fuse: bool | None = None,
+    precision: str = "fp32",
 ) -> Sam:
     """Build a SAM variant, in eval mode.
 
@@ -203,15 +205,26 @@ def build_sam(
             weights are loaded and not for ``pretrained=False``. A fused model's
             ``state_dict()`` has no BatchNorm keys: build with ``fuse=False`` to fine-tune or
             to re-save an official-format checkpoint.
+        precision: ``"fp32"`` (default, exact), or an opt-in faster, less accurate mode:
+            ``"bf16"`` / ``"fp16"`` (autocast of the encoder and decoder, for GPUs) or
+            ``"int8"`` (dynamic int8 quantisation of the image encoder's linear layers, CPU
+            only). See :mod:`grounded_sam.model.precision`.
 
     Raises:
-        ValueError: unknown name, or a checkpoint that is not a matching SAM checkpoint.
+        ValueError: unknown name or precision, ``"int8"`` on a GPU, or a checkpoint that is
+            not a matching SAM checkpoint.
     """
     if not isinstance(name, str) or name not in _REGISTRY:
         raise _unknown(name)
     if checkpoint is not None and not pretrained:
         raise ValueError("pass either checkpoint=... or pretrained=False, not both")
+    check_precision(precision)
     dev = resolve_device(device)
+    if precision == "int8" and dev.type != "cpu":
+        raise ValueError(
+            f"precision='int8' (dynamic int8 quantisation) runs on CPU only, not on {dev}; "
+            "on a GPU use precision='bf16' or 'fp16', or pass device='cpu'"
+        )
     state_dict = None
     if pretrained:
         from grounded_sam import weights
@@ -227,4 +240,4 @@ def build_sam(
         fuse = pretrained
     if fuse and hasattr(model.image_encoder, "fuse"):
         model.image_encoder.fuse()
-    return model.to(dev)
+    return apply_precision(model.to(dev), precision)

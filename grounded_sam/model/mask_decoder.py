@@ -147,7 +147,7 @@ class MaskDecoder(nn.Module):
             return out.view(*x.shape[:-1], 4, c_out)
 
         t = hyper_in.shape[1]
-        masks = src.new_empty(b, h * w * 16, t)
+        masks: torch.Tensor | None = None
         # A few prompts at a time: the (hw*16, C/8) features of one prompt are 8 MB for a
         # 64x64 grid, so the chain stays in cache and peak memory stays flat in B.
         for i in range(0, b, self._UPSCALE_CHUNK):
@@ -155,9 +155,18 @@ class MaskDecoder(nn.Module):
             x = pixel_linear(src[sl], up1)  # (b', hw, 4, C/4)
             x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
             x = act2(pixel_linear(x.reshape(x.shape[0], h * w * 4, -1), up2))  # (b', hw*4, 4, C/8)
-            torch.matmul(
-                x.reshape(x.shape[0], h * w * 16, -1), hyper_in[sl].transpose(1, 2), out=masks[sl]
-            )
+            lhs, rhs = x.reshape(x.shape[0], h * w * 16, -1), hyper_in[sl].transpose(1, 2)
+            if masks is None:  # the first chunk fixes the dtype (lower under autocast)
+                first = torch.matmul(lhs, rhs)
+                if first.shape[0] == b:
+                    masks = first
+                    break
+                masks = first.new_empty(b, h * w * 16, t)
+                masks[sl] = first
+            else:
+                torch.matmul(lhs, rhs, out=masks[sl])
+        if masks is None:  # no prompts
+            masks = src.new_empty(b, h * w * 16, t)
         # pixel (i, j), first sub-pixel (dy, dx), second (dy2, dx2): y = 4i + 2dy + dy2
         masks = masks.view(b, h, w, 2, 2, 2, 2, t).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return masks.reshape(b, t, 4 * h, 4 * w)

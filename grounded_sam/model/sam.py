@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grounded_sam.model.precision import decode_masks, encode_image
+
 __all__ = ["Sam", "PIXEL_MEAN", "PIXEL_STD"]
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -19,10 +21,13 @@ class Sam(nn.Module):
 
     Attributes named as the official checkpoints' key prefixes: ``image_encoder``,
     ``prompt_encoder``, ``mask_decoder``. ``mask_threshold`` (0.0) binarises logits.
+    ``precision`` is ``"fp32"`` unless :func:`grounded_sam.model.precision.apply_precision`
+    (``build_sam(..., precision=...)``) switched the model to a lower-precision mode.
     """
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    precision: str = "fp32"
 
     def __init__(
         self,
@@ -90,7 +95,7 @@ class Sam(nn.Module):
         ``iou_predictions`` (B, C) and ``low_res_logits`` (B, C, 256, 256).
         """
         images = torch.stack([self.preprocess(x["image"]) for x in batched_input], dim=0)
-        embeddings = self.image_encoder(images)
+        embeddings = encode_image(self, images)
         outputs = []
         for record, emb in zip(batched_input, embeddings, strict=True):
             points = None
@@ -99,7 +104,8 @@ class Sam(nn.Module):
             sparse, dense = self.prompt_encoder(
                 points=points, boxes=record.get("boxes"), masks=record.get("mask_inputs")
             )
-            low_res, iou = self.mask_decoder(
+            low_res, iou = decode_masks(
+                self,
                 image_embeddings=emb.unsqueeze(0),
                 image_pe=self.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,

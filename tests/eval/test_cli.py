@@ -165,6 +165,25 @@ def test_load_config_errors(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
+def test_config_precision_axis(tmp_path):
+    """A SAM entry's ``precision`` reaches the run spec and its default name."""
+    cfg_file = tmp_path / "grid.yaml"
+    cfg_file.write_text(
+        "dataset: {}\nout: x\ndetectors: [gt-boxes]\n"
+        "sams: [{sam: mobile_sam}, {sam: mobile_sam, precision: int8}]\n"
+    )
+    runs = load_config(cfg_file).runs
+    assert [(r.name, r.precision) for r in runs] == [
+        ("gt-boxes__mobile_sam", "fp32"),
+        ("gt-boxes__mobile_sam-int8", "int8"),
+    ]
+    cfg_file.write_text(
+        "dataset: {}\nout: x\ndetectors: [gt-boxes]\nsams: [{sam: vit_b, precision: fp64}]\n"
+    )
+    with pytest.raises(ValueError, match="unknown precision 'fp64'"):
+        load_config(cfg_file)
+
+
 @pytest.mark.parametrize("name", ["coco_val2017", "refcoco_val"])
 def test_shipped_configs_parse(name):
     from pathlib import Path
