@@ -1,6 +1,6 @@
 """Speed of our SAM core against the references on identical (random) weights.
 
-    python benchmarks/run.py [--threads N] [--device cpu|cuda] [--quick]
+    python benchmarks/run.py [--threads N] [--device cpu|cuda] [--quick] [--precision MODES]
 
 Prints one markdown table: stage, ours (ms), reference (ms), ratio, max relative
 difference, peak memory (ours / reference). Rows:
@@ -16,6 +16,12 @@ difference, peak memory (ours / reference). Rows:
   "many" preset of ``benchmarks/automatic.py`` (random weights keep nothing at Meta's
   defaults); one timed run each. The difference column is the share of Meta's masks
   without a distinct partner at mask IoU >= 0.98 in ours.
+
+A second table covers the opt-in lower-precision modes (``build_sam(..., precision=...)``;
+default: ``int8`` on CPU, ``bf16,fp16`` on CUDA; ``--precision none`` skips it): for each SAM
+variant and mode, our encoder time in that mode against our fp32 encoder (same weights), the
+mean and worst mask IoU of 16 box prompts against the fp32 masks, and the embedding's max
+relative difference.
 
 Weights: Meta's / ultralytics' models with every parameter perturbed (``tests/sam_refs.py``),
 saved as official-format checkpoints and loaded with ``build_sam``; no network. Image:
@@ -100,7 +106,10 @@ def compare(
 
 # ---------------------------------------------------------------- model pairs
 def vit_b_pair(device: torch.device, tmp: Path):
-    """(ours, Meta's) vit_b ``Sam`` with identical perturbed weights, eval, on ``device``."""
+    """(ours, Meta's) vit_b ``Sam`` with identical perturbed weights, eval, on ``device``.
+
+    The checkpoint stays at ``tmp / "sam_vit_b.pth"`` for :func:`bench_precision`.
+    """
     from grounded_sam import build_sam
 
     refs = load_refs()
@@ -111,7 +120,10 @@ def vit_b_pair(device: torch.device, tmp: Path):
 
 
 def mobile_sam_pair(device: torch.device, tmp: Path):
-    """(ours, reference) mobile_sam ``Sam`` pair; the reference encoder is ultralytics' TinyViT."""
+    """(ours, reference) mobile_sam ``Sam`` pair; the reference encoder is ultralytics' TinyViT.
+
+    The checkpoint stays at ``tmp / "mobile_sam.pt"`` for :func:`bench_precision`.
+    """
     from grounded_sam import build_sam
 
     refs = load_refs()
@@ -232,6 +244,88 @@ def bench_decoder(
     )
 
 
+@dataclass
+class PrecisionRow:
+    model: str
+    precision: str
+    mode_s: float
+    fp32_s: float
+    mean_iou: float
+    min_iou: float
+    diff: float
+
+    def cells(self) -> list[str]:
+        return [
+            self.model,
+            self.precision,
+            f"{self.mode_s * 1000:.0f}",
+            f"{self.fp32_s * 1000:.0f}",
+            f"{self.mode_s / self.fp32_s:.2f}",
+            f"{self.mean_iou:.4f} / {self.min_iou:.4f}",
+            f"{self.diff:.1e}",
+        ]
+
+
+PRECISION_HEADER = [
+    "model",
+    "precision",
+    "encoder (ms)",
+    "fp32 encoder (ms)",
+    "ratio",
+    "mask IoU vs fp32, mean / min (16 boxes)",
+    "embedding max rel diff",
+]
+
+
+def format_precision_table(rows: list[PrecisionRow]) -> str:
+    head = PRECISION_HEADER
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def bench_precision(
+    name: str, checkpoint: Path, mode: str, device: torch.device, repeats: int, warmup: int
+) -> PrecisionRow:
+    """Our ``name`` model in ``mode`` against our fp32 model, same checkpoint and image."""
+    from grounded_sam import SamPredictor, build_sam
+    from grounded_sam.model.precision import encode_image
+
+    fp32 = build_sam(name, checkpoint=checkpoint, device=device)
+    low = build_sam(name, checkpoint=checkpoint, device=device, precision=mode)
+    image, original_size, _ = chelsea_input(fp32.img_size)
+    x = fp32.preprocess(image.to(device))
+    times = interleaved_medians(
+        {"mode": lambda: encode_image(low, x), "fp32": lambda: encode_image(fp32, x)},
+        device,
+        repeats,
+        warmup,
+    )
+    from skimage.data import chelsea
+
+    boxes = random_boxes(16, original_size)
+    outputs = []
+    for model in (fp32, low):
+        predictor = SamPredictor(model)
+        predictor.set_image(chelsea())
+        masks, _ = predictor.predict_boxes(boxes)
+        outputs.append((torch.from_numpy(masks[:, 0]), predictor.get_image_embedding()))
+    (m_fp32, e_fp32), (m_low, e_low) = outputs
+    inter = (m_fp32 & m_low).flatten(1).sum(1)
+    union = (m_fp32 | m_low).flatten(1).sum(1).clamp_min(1)
+    ious = inter / union
+    return PrecisionRow(
+        name,
+        mode,
+        times["mode"],
+        times["fp32"],
+        float(ious.mean()),
+        float(ious.min()),
+        rel_diff(e_fp32, e_low),
+    )
+
+
 def machine_line(device: torch.device) -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -286,8 +380,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed runs per row (default 5; 1 with --quick)"
     )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        metavar="MODES",
+        help="comma-separated lower-precision modes to compare with fp32 (default: int8 on "
+        "CPU, bf16,fp16 on CUDA; 'none' skips the precision table)",
+    )
     args = parser.parse_args(argv)
     device, repeats, warmup = setup_from_args(parser, args, args.repeats)
+    modes = _precision_modes(parser, args.precision, device)
 
     print(machine_line(device))
     rows: list[Row] = []
@@ -312,11 +414,42 @@ def main(argv: list[str] | None = None) -> int:
             del m_ours, m_ref
         for n in (1, 16):
             rows.append(bench_decoder(ours, ref, features, n, device, repeats, warmup))
+        del ours, ref, features
+        precision_rows = [
+            bench_precision(name, Path(tmp) / file, mode, device, repeats, warmup)
+            for name, file in (("vit_b", "sam_vit_b.pth"), ("mobile_sam", "mobile_sam.pt"))
+            if (Path(tmp) / file).exists()
+            for mode in modes
+        ]
     print(format_table(rows))
+    if precision_rows:
+        print("\nOpt-in precision modes, against our fp32 on the same weights:\n")
+        print(format_precision_table(precision_rows))
     for note in notes:
         print(f"\n{note}")
     print("\n" + machine_line(device))
     return 0
+
+
+def _precision_modes(
+    parser: argparse.ArgumentParser, value: str | None, device: torch.device
+) -> list[str]:
+    from grounded_sam.model.precision import PRECISIONS
+
+    if value is None:
+        return ["int8"] if device.type == "cpu" else ["bf16", "fp16"]
+    if value.strip().lower() == "none":
+        return []
+    modes = [m.strip() for m in value.split(",") if m.strip()]
+    bad = [m for m in modes if m not in PRECISIONS or m == "fp32"]
+    if bad or not modes:
+        parser.error(
+            f"--precision {value!r}: give a comma-separated list of "
+            f"{', '.join(p for p in PRECISIONS if p != 'fp32')}, or 'none'"
+        )
+    if "int8" in modes and device.type != "cpu":
+        parser.error("--precision int8 runs on CPU only; drop it with --device cuda")
+    return modes
 
 
 if __name__ == "__main__":
