@@ -7,6 +7,8 @@ so no code path hides behind zeros; BatchNorm variances stay positive.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -71,11 +73,22 @@ def _meta_prompt_and_decoder():
     return prompt, decoder
 
 
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """The reference constructors draw their base initialisation from torch's global RNG: seed
+    it (and restore the caller's RNG state after) so the same ``seed`` gives the same weights in
+    every process."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def meta_sam(image_encoder: nn.Module, seed: int = 0) -> nn.Module:
     """Meta's ``Sam`` around ``image_encoder`` with SAM's prompt encoder/decoder, perturbed, eval."""
     from segment_anything.modeling import Sam
 
-    prompt, decoder = _meta_prompt_and_decoder()
+    with _seeded(seed + 1):
+        prompt, decoder = _meta_prompt_and_decoder()
     model = Sam(
         image_encoder=image_encoder,
         prompt_encoder=prompt,
@@ -89,21 +102,26 @@ def meta_sam(image_encoder: nn.Module, seed: int = 0) -> nn.Module:
 def meta_tiny_vit_sam(seed: int = 0) -> nn.Module:
     from segment_anything.modeling import ImageEncoderViT
 
-    enc = ImageEncoderViT(norm_layer=partial(nn.LayerNorm, eps=1e-6), **TINY_VIT_CFG)
+    with _seeded(seed):
+        enc = ImageEncoderViT(norm_layer=partial(nn.LayerNorm, eps=1e-6), **TINY_VIT_CFG)
     return meta_sam(enc, seed)
 
 
 def meta_vit_b(seed: int = 0) -> nn.Module:
     from segment_anything import sam_model_registry
 
-    return perturb_(sam_model_registry["vit_b"](), seed=seed).eval()
+    with _seeded(seed):
+        model = sam_model_registry["vit_b"]()
+    return perturb_(model, seed=seed).eval()
 
 
 def meta_mobile_sam(seed: int = 0) -> nn.Module:
     """Meta's Sam wrapper with ultralytics' TinyViT: the MobileSAM reference (mobile_sam.pt keys)."""
     from ultralytics.models.sam.build import build_mobile_sam
 
-    return meta_sam(build_mobile_sam().image_encoder, seed)
+    with _seeded(seed):
+        encoder = build_mobile_sam().image_encoder
+    return meta_sam(encoder, seed)
 
 
 def ours_tiny_vit_sam(state_dict: dict) -> nn.Module:
