@@ -208,7 +208,7 @@ def build_sam(
         precision: ``"fp32"`` (default, exact), or an opt-in faster, less accurate mode:
             ``"bf16"`` / ``"fp16"`` (autocast of the encoder and decoder, for GPUs) or
             ``"int8"`` (dynamic int8 quantisation of the image encoder's linear layers, CPU
-            only). See :mod:`grounded_sam.model.precision`.
+            only; ``device=None`` then means CPU). See :mod:`grounded_sam.model.precision`.
 
     Raises:
         ValueError: unknown name or precision, ``"int8"`` on a GPU, or a checkpoint that is
@@ -219,7 +219,8 @@ def build_sam(
     if checkpoint is not None and not pretrained:
         raise ValueError("pass either checkpoint=... or pretrained=False, not both")
     check_precision(precision)
-    dev = resolve_device(device)
+    # int8 kernels are CPU-only: with no device asked for, int8 means CPU even beside a GPU.
+    dev = resolve_device("cpu" if device is None and precision == "int8" else device)
     if precision == "int8" and dev.type != "cpu":
         raise ValueError(
             f"precision='int8' (dynamic int8 quantisation) runs on CPU only, not on {dev}; "

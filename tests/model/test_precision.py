@@ -128,3 +128,9 @@ def test_vit_encoder_modes_run(precision):
     masks, scores = ours.predict_boxes(np.array([[20, 20, 120, 140]]))
     ref_masks, _ = ref.predict_boxes(np.array([[20, 20, 120, 140]]))
     assert scores.dtype == np.float32 and _iou(masks, ref_masks) >= 0.9
+
+
+def test_int8_without_a_device_means_cpu_even_beside_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    model = build_sam("mobile_sam", pretrained=False, precision="int8")
+    assert model.device == torch.device("cpu") and model.precision == "int8"
