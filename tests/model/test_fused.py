@@ -147,7 +147,6 @@ def test_tiny_vit_inference_path_equals_autograd_path(fusion):
 def test_tracing_sees_standard_ops_only():
     """torch.export of the inference path records no private mkldnn operators."""
 
-
     class ConvGelu(nn.Module):
         def __init__(self) -> None:
             super().__init__()
