@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "add_",
     "conv2d_add",
     "conv2d_gelu",
     "fusion_available",
@@ -119,6 +120,12 @@ def gelu_(x: torch.Tensor) -> torch.Tensor:
     return torch._C._nn.gelu_(x)
 
 
+def add_(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``fresh + other``, in place into ``fresh`` when autograd is off (``fresh`` must be a
+    tensor the caller just made and owns); returns the result."""
+    return fresh + other if torch.is_grad_enabled() else fresh.add_(other)
+
+
 def _conv_fast(conv: nn.Module, x: torch.Tensor) -> bool:
     return (
         type(conv) is nn.Conv2d
@@ -153,7 +160,7 @@ def conv2d_add(conv: nn.Module, x: torch.Tensor, other: torch.Tensor) -> torch.T
             x, other, conv.weight, conv.bias, *_conv_args(conv), "add", None, None, [], None
         )
     y = conv(x)
-    return y + other if torch.is_grad_enabled() else y.add_(other)
+    return add_(y, other)
 
 
 def linear_gelu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -172,4 +179,4 @@ def linear_add(linear: nn.Module, x: torch.Tensor, other: torch.Tensor) -> torch
             x, other, linear.weight, linear.bias, "add"
         )
     y = linear(x)
-    return y + other if torch.is_grad_enabled() else y.add_(other)
+    return add_(y, other)

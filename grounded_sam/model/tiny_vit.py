@@ -35,7 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grounded_sam.model._fused import conv2d_add, conv2d_gelu, gelu_, linear_add, linear_gelu
+from grounded_sam.model._fused import (
+    add_,
+    conv2d_add,
+    conv2d_gelu,
+    gelu_,
+    linear_add,
+    linear_gelu,
+)
 from grounded_sam.model.common import LayerNorm2d
 
 __all__ = ["Conv2dBN", "TinyViT", "tiny_vit_5m"]
@@ -99,8 +106,7 @@ class Conv2dBN(nn.Module):
         """``self(x) + other``, with the add fused into the convolution once BN is folded."""
         if self.is_fused:
             return conv2d_add(self.c, x, other)
-        y = self(x)
-        return y + other if torch.is_grad_enabled() else y.add_(other)
+        return add_(self(x), other)
 
     @torch.no_grad()
     def fuse(self) -> None:
@@ -353,8 +359,7 @@ class _TinyViTBlock(nn.Module):
             x = x + _drop_path(self._windowed_attention(x), self.drop_path, self.training)
             x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
             return x + _drop_path(self.mlp(x), self.drop_path, self.training)
-        attended = self._windowed_attention(x)  # a fresh tensor: add the residual in place
-        x = attended + x if torch.is_grad_enabled() else attended.add_(x)
+        x = add_(self._windowed_attention(x), x)  # a fresh tensor: add the residual in place
         x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.mlp(x, residual=x)
 
