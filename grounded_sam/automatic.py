@@ -21,6 +21,7 @@ are the same; only the work is):
 
 from __future__ import annotations
 
+import inspect
 import math
 from numbers import Integral, Real
 from typing import Any
@@ -149,24 +150,30 @@ class AutomaticMaskGenerator:
     def validate_knobs(cls, **knobs: Any) -> None:
         """Check constructor knobs (keyword arguments other than ``model``) without a model:
         raises the same ``ValueError``/``TypeError`` as the constructor."""
-        cls.__new__(cls)._set_knobs(**knobs)
+        # The constructor's signature is the one place the defaults live.
+        bound = inspect.signature(cls.__init__).bind(None, None, **knobs)
+        bound.apply_defaults()
+        args = dict(bound.arguments)
+        del args["self"], args["model"]
+        cls.__new__(cls)._set_knobs(**args)
 
     def _set_knobs(
         self,
-        points_per_side: int | None = 32,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        stability_score_offset: float = 1.0,
-        box_nms_thresh: float = 0.7,
-        crop_n_layers: int = 0,
-        crop_nms_thresh: float = 0.7,
-        crop_overlap_ratio: float = 512 / 1500,
-        crop_n_points_downscale_factor: int = 1,
-        point_grids: list[np.ndarray] | None = None,
-        min_mask_region_area: float = 0,
-        output_mode: str = "binary_mask",
-        mask_threshold: float = 0.0,
+        *,
+        points_per_side: int | None,
+        points_per_batch: int,
+        pred_iou_thresh: float,
+        stability_score_thresh: float,
+        stability_score_offset: float,
+        box_nms_thresh: float,
+        crop_n_layers: int,
+        crop_nms_thresh: float,
+        crop_overlap_ratio: float,
+        crop_n_points_downscale_factor: int,
+        point_grids: list[np.ndarray] | None,
+        min_mask_region_area: float,
+        output_mode: str,
+        mask_threshold: float,
     ) -> None:
         self.points_per_batch = _check_int(points_per_batch, "points_per_batch", 1)
         self.pred_iou_thresh = _check_real(pred_iou_thresh, "pred_iou_thresh", 0.0, 1.0)
