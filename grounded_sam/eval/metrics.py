@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "AP_KEYS",
     "coco_mask_ap",
     "ciou",
     "encode_mask",
@@ -29,7 +30,8 @@ __all__ = [
     "peak_memory",
 ]
 
-_AP_KEYS = (
+# The mask-AP entries of metrics.json, in pycocotools' summary order.
+AP_KEYS = (
     "mask_AP",
     "mask_AP50",
     "mask_AP75",
@@ -115,11 +117,11 @@ def coco_mask_ap(
     ids = set(image_ids)
     preds = [dict(p) for p in predictions if int(p["image_id"]) in ids]
     if not image_ids:
-        return {k: None for k in _AP_KEYS}, "no images evaluated\n"
+        return {k: None for k in AP_KEYS}, "no images evaluated\n"
     if not preds:
         n_gt = len(coco_gt.getAnnIds(imgIds=image_ids, iscrowd=False))
         value = 0.0 if n_gt else None
-        return {k: value for k in _AP_KEYS}, "no predictions: AP is 0 where there is ground truth\n"
+        return {k: value for k in AP_KEYS}, "no predictions: AP is 0 where there is ground truth\n"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         coco_dt = coco_gt.loadRes(preds)
@@ -129,7 +131,7 @@ def coco_mask_ap(
         ev.accumulate()
         ev.summarize()
     stats = [float(s) for s in ev.stats[:6]]
-    out = {k: (None if s < 0 else s) for k, s in zip(_AP_KEYS, stats, strict=True)}
+    out = {k: (None if s < 0 else s) for k, s in zip(AP_KEYS, stats, strict=True)}
     summary = "\n".join(line for line in buf.getvalue().splitlines() if "Average" in line) + "\n"
     return out, summary
 

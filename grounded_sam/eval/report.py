@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from grounded_sam.eval.metrics import AP_KEYS
+
 __all__ = ["fmt", "render_report"]
 
 
@@ -53,20 +55,7 @@ def render_report(metrics: Mapping[str, Any], coco_summary: str = "") -> str:
         "| mask AP | AP50 | AP75 | AP small | AP medium | AP large | mIoU | cIoU | P@0.5 |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         "| "
-        + " | ".join(
-            fmt(metrics.get(k))
-            for k in (
-                "mask_AP",
-                "mask_AP50",
-                "mask_AP75",
-                "mask_AP_small",
-                "mask_AP_medium",
-                "mask_AP_large",
-                "mIoU",
-                "cIoU",
-                "precision_at_iou50",
-            )
-        )
+        + " | ".join(fmt(metrics.get(k)) for k in (*AP_KEYS, "mIoU", "cIoU", "precision_at_iou50"))
         + " |",
         "",
         "## Latency per image",

@@ -30,6 +30,7 @@ import numpy as np
 
 from grounded_sam.eval.datasets import EvalDataset, Sample
 from grounded_sam.eval.metrics import (
+    AP_KEYS,
     ciou,
     coco_mask_ap,
     encode_mask,
@@ -400,16 +401,7 @@ def compute_metrics(records: list[dict], dataset: EvalDataset) -> tuple[dict[str
     if gt is not None:
         ap, summary = coco_mask_ap(gt, predictions, image_ids)
     else:
-        ap = dict.fromkeys(
-            (
-                "mask_AP",
-                "mask_AP50",
-                "mask_AP75",
-                "mask_AP_small",
-                "mask_AP_medium",
-                "mask_AP_large",
-            )
-        )
+        ap = dict.fromkeys(AP_KEYS)
         summary = (
             f"mask AP is not defined for {dataset.kind} data (one referred object per prompt)\n"
         )
