@@ -105,31 +105,30 @@ def compare(
 
 
 # ---------------------------------------------------------------- model pairs
-def vit_b_pair(device: torch.device, tmp: Path):
-    """(ours, Meta's) vit_b ``Sam`` with identical perturbed weights, eval, on ``device``.
+# Reference builder in tests/sam_refs.py and official checkpoint file name, per variant.
+REFERENCES = {
+    "vit_b": ("meta_vit_b", "sam_vit_b.pth"),
+    "mobile_sam": ("meta_mobile_sam", "mobile_sam.pt"),
+}
 
-    The checkpoint stays at ``tmp / "sam_vit_b.pth"`` for :func:`bench_precision`.
+
+def checkpoint_path(name: str, tmp: Path) -> Path:
+    """Where :func:`sam_pair` saves ``name``'s checkpoint (reused by :func:`bench_precision`)."""
+    return tmp / REFERENCES[name][1]
+
+
+def sam_pair(name: str, device: torch.device, tmp: Path):
+    """(ours, reference) ``Sam`` pair with identical perturbed weights, eval, on ``device``.
+
+    The reference is Meta's ``Sam`` (for mobile_sam around ultralytics' TinyViT); its weights
+    are saved as an official checkpoint at :func:`checkpoint_path`, which ours loads.
     """
     from grounded_sam import build_sam
 
     refs = load_refs()
-    meta = refs.meta_vit_b()
-    path = refs.save_checkpoint(meta, tmp / "sam_vit_b.pth")
-    ours = build_sam("vit_b", checkpoint=path, device=device)
-    return ours, meta.to(device).eval()
-
-
-def mobile_sam_pair(device: torch.device, tmp: Path):
-    """(ours, reference) mobile_sam ``Sam`` pair; the reference encoder is ultralytics' TinyViT.
-
-    The checkpoint stays at ``tmp / "mobile_sam.pt"`` for :func:`bench_precision`.
-    """
-    from grounded_sam import build_sam
-
-    refs = load_refs()
-    meta = refs.meta_mobile_sam()
-    path = refs.save_checkpoint(meta, tmp / "mobile_sam.pt")
-    ours = build_sam("mobile_sam", checkpoint=path, device=device)
+    meta = getattr(refs, REFERENCES[name][0])()
+    path = refs.save_checkpoint(meta, checkpoint_path(name, tmp))
+    ours = build_sam(name, checkpoint=path, device=device)
     return ours, meta.to(device).eval()
 
 
@@ -289,6 +288,8 @@ def bench_precision(
     name: str, checkpoint: Path, mode: str, device: torch.device, repeats: int, warmup: int
 ) -> PrecisionRow:
     """Our ``name`` model in ``mode`` against our fp32 model, same checkpoint and image."""
+    from skimage.data import chelsea
+
     from grounded_sam import SamPredictor, build_sam
     from grounded_sam.model.precision import encode_image
 
@@ -302,8 +303,6 @@ def bench_precision(
         repeats,
         warmup,
     )
-    from skimage.data import chelsea
-
     boxes = random_boxes(16, original_size)
     outputs = []
     for model in (fp32, low):
@@ -395,12 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        ours, ref = vit_b_pair(device, Path(tmp))
+        ours, ref = sam_pair("vit_b", device, Path(tmp))
         row, features = bench_encoder("vit_b encoder", ours, ref, device, repeats, warmup)
         rows.append(row)
         print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
         try:
-            m_ours, m_ref = mobile_sam_pair(device, Path(tmp))
+            m_ours, m_ref = sam_pair("mobile_sam", device, Path(tmp))
         except (ImportError, AttributeError, ValueError, RuntimeError, NotImplementedError) as e:
             notes.append(f"mobile_sam encoder: not measured ({type(e).__name__}: {e})")
         else:
@@ -416,9 +415,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(bench_decoder(ours, ref, features, n, device, repeats, warmup))
         del ours, ref, features
         precision_rows = [
-            bench_precision(name, Path(tmp) / file, mode, device, repeats, warmup)
-            for name, file in (("vit_b", "sam_vit_b.pth"), ("mobile_sam", "mobile_sam.pt"))
-            if (Path(tmp) / file).exists()
+            bench_precision(name, checkpoint_path(name, Path(tmp)), mode, device, repeats, warmup)
+            for name in REFERENCES
+            if checkpoint_path(name, Path(tmp)).exists()
             for mode in modes
         ]
     print(format_table(rows))

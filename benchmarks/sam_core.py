@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     device, repeats, warmup = run.setup_from_args(parser, args)
     print(run.machine_line(device))
     with tempfile.TemporaryDirectory() as tmp:
-        ours, ref = run.vit_b_pair(device, Path(tmp))
+        ours, ref = run.sam_pair("vit_b", device, Path(tmp))
         enc, features = run.bench_encoder("vit_b encoder", ours, ref, device, repeats, warmup)
         dec = run.bench_decoder(ours, ref, features, 16, device, repeats, warmup)
     print(run.format_table([enc, dec]))
