@@ -887,6 +887,7 @@ def get_pipeline(
     *,
     sam_checkpoint=None,
     device=None,
+    precision: str = "fp32",
     **detector_kwargs,
 ) -> GroundedSAM:
     """The cached :class:`GroundedSAM` for this configuration, built on first use.
@@ -900,13 +901,19 @@ def get_pipeline(
             "sam": sam,
             "sam_checkpoint": sam_checkpoint,
             "device": None if device is None else str(device),
+            "precision": precision,
             **{f"kw:{k}": v for k, v in detector_kwargs.items()},
         }
     )
     pipe = _PIPELINES.get(key)
     if pipe is None:
         pipe = GroundedSAM(
-            detector, sam, sam_checkpoint=sam_checkpoint, device=device, **detector_kwargs
+            detector,
+            sam,
+            sam_checkpoint=sam_checkpoint,
+            device=device,
+            precision=precision,
+            **detector_kwargs,
         )
         _PIPELINES[key] = pipe
         while len(_PIPELINES) > _PIPELINE_CACHE_SIZE:
@@ -928,6 +935,7 @@ def segment(
     sam="mobile_sam",
     sam_checkpoint=None,
     device=None,
+    precision: str = "fp32",
     points=None,
     point_labels=None,
     boxes=None,
@@ -938,11 +946,17 @@ def segment(
     """One-call grounded segmentation: ``segment("dog.jpg", "a dog")``.
 
     Builds (once per configuration, then reuses: see :func:`get_pipeline`) a
-    :class:`GroundedSAM` from ``detector``, ``sam``, ``sam_checkpoint``, ``device`` and
-    ``detector_kwargs``, and calls its :meth:`GroundedSAM.segment` with the rest.
+    :class:`GroundedSAM` from ``detector``, ``sam``, ``sam_checkpoint``, ``device``,
+    ``precision`` and ``detector_kwargs``, and calls its :meth:`GroundedSAM.segment` with the
+    rest.
     """
     pipe = get_pipeline(
-        detector, sam, sam_checkpoint=sam_checkpoint, device=device, **detector_kwargs
+        detector,
+        sam,
+        sam_checkpoint=sam_checkpoint,
+        device=device,
+        precision=precision,
+        **detector_kwargs,
     )
     return pipe.segment(
         image,

@@ -425,6 +425,18 @@ def test_module_level_segment_reuses_pipeline():
     clear_pipelines()
 
 
+def test_module_level_segment_takes_precision():
+    clear_pipelines()
+    det = StubDetector([[20, 20, 100, 120]], [0.8], ["a cat"])
+    kw = dict(detector=det, sam="mobile_sam", sam_checkpoint=mobile_sam_checkpoint())
+    r = segment(small_chelsea(), "a cat", device="cpu", precision="int8", **kw)
+    assert len(r) == 1 and r.masks.shape == (1, *small_chelsea().shape[:2])
+    int8 = get_pipeline(device="cpu", precision="int8", **kw)
+    assert int8.sam.precision == "int8"
+    assert get_pipeline(device="cpu", **kw).sam.precision == "fp32"  # its own pipeline
+    clear_pipelines()
+
+
 # ----------------------------------------------------------- end to end, real models
 def test_grounding_dino_end_to_end_with_mobile_sam_checkpoint():
     from pycocotools import mask as mask_utils
