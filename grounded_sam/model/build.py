@@ -221,11 +221,7 @@ def build_sam(
     check_precision(precision)
     # int8 kernels are CPU-only: with no device asked for, int8 means CPU even beside a GPU.
     dev = resolve_device("cpu" if device is None and precision == "int8" else device)
-    if precision == "int8" and dev.type != "cpu":
-        raise ValueError(
-            f"precision='int8' (dynamic int8 quantisation) runs on CPU only, not on {dev}; "
-            "on a GPU use precision='bf16' or 'fp16', or pass device='cpu'"
-        )
+    check_precision(precision, dev)  # before reading any weights
     state_dict = None
     if pretrained:
         from grounded_sam import weights

@@ -34,13 +34,19 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def check_precision(precision: object) -> str:
-    """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise ``ValueError``."""
+def check_precision(precision: object, device: torch.device | None = None) -> str:
+    """Return ``precision`` if it is one of :data:`PRECISIONS` (and, with ``device``, runs
+    there: ``"int8"`` is CPU only), else raise ``ValueError``."""
     if not isinstance(precision, str) or precision not in PRECISIONS:
         raise ValueError(
             f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)} "
             "(fp32 is exact; bf16/fp16 autocast is for GPUs; int8 quantises the image "
             "encoder's linear layers on CPU)"
+        )
+    if precision == "int8" and device is not None and device.type != "cpu":
+        raise ValueError(
+            f"precision='int8' (dynamic int8 quantisation) runs on CPU only, not on {device}; "
+            "on a GPU use precision='bf16' or 'fp16', or use device='cpu'"
         )
     return precision
 
@@ -51,7 +57,7 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
     Returns ``model``. Raises ``ValueError`` for an unknown mode, for ``"int8"`` on a
     non-CPU model, or when the model already runs in another lower-precision mode.
     """
-    check_precision(precision)
+    check_precision(precision, next(model.parameters()).device)
     current = getattr(model, "precision", "fp32")
     if precision == current:
         return model
@@ -61,25 +67,19 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
             f"(build_sam(..., precision={precision!r})) to use {precision!r}"
         )
     if precision == "int8":
-        device = next(model.parameters()).device
-        if device.type != "cpu":
-            raise ValueError(
-                f"precision='int8' (dynamic int8 quantisation) runs on CPU only, but the model "
-                f"is on {device}; on a GPU use precision='bf16' or 'fp16'"
-            )
         _quantize_linears(model.image_encoder)
     model.precision = precision
     return model
 
 
 def _quantize_linears(module: nn.Module) -> None:
-    quantize_dynamic = getattr(getattr(torch, "ao", None), "quantization", None)
-    quantize_dynamic = getattr(quantize_dynamic, "quantize_dynamic", None)
-    if quantize_dynamic is None:
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as e:
         raise RuntimeError(
             f"precision='int8' needs torch.ao.quantization.quantize_dynamic, which PyTorch "
             f"{torch.__version__} does not have; use precision='fp32'"
-        )
+        ) from e
     with warnings.catch_warnings():
         # PyTorch >= 2.10 marks its quantized-tensor API as deprecated; it still works.
         warnings.simplefilter("ignore", UserWarning)
