@@ -8,33 +8,16 @@ process RSS above the starting RSS, sampled every 2 ms from a background thread.
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_refs() -> ModuleType:
-    """``tests/sam_refs.py`` (reference models with perturbed weights), imported by path."""
-    name = "sam_refs"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "sam_refs.py")
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot import {ROOT / 'tests' / 'sam_refs.py'}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def sync(device: torch.device) -> None:

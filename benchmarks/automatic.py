@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -27,8 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 PRESETS = {
     # Meta's defaults: random weights keep (almost) nothing, so this times grid decoding alone
@@ -87,9 +84,13 @@ class PeakMemory:
 
 
 def build_models(name: str, device: torch.device):
-    from sam_refs import meta_mobile_sam, meta_tiny_vit_sam, ours_tiny_vit_sam, save_checkpoint
-
     from grounded_sam import build_sam
+    from grounded_sam.testing.sam_refs import (
+        meta_mobile_sam,
+        meta_tiny_vit_sam,
+        ours_tiny_vit_sam,
+        save_checkpoint,
+    )
 
     if name == "mobile_sam":
         meta = meta_mobile_sam()

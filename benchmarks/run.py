@@ -23,7 +23,7 @@ variant and mode, our encoder time in that mode against our fp32 encoder (same w
 mean and worst mask IoU of 16 box prompts against the fp32 masks, and the embedding's max
 relative difference.
 
-Weights: Meta's / ultralytics' models with every parameter perturbed (``tests/sam_refs.py``),
+Weights: Meta's / ultralytics' models with every parameter perturbed (:mod:`grounded_sam.testing.sam_refs`),
 saved as official-format checkpoints and loaded with ``build_sam``; no network. Image:
 skimage's chelsea. Times are medians of interleaved runs in this process.
 """
@@ -41,14 +41,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _common import (  # noqa: E402
+from _common import (
     chelsea_input,
     interleaved_medians,
-    load_refs,
     peak_memory_mib,
     rel_diff,
 )
@@ -124,8 +119,8 @@ def sam_pair(name: str, device: torch.device, tmp: Path):
     are saved as an official checkpoint at :func:`checkpoint_path`, which ours loads.
     """
     from grounded_sam import build_sam
+    from grounded_sam.testing import sam_refs as refs
 
-    refs = load_refs()
     meta = getattr(refs, REFERENCES[name][0])()
     path = refs.save_checkpoint(meta, checkpoint_path(name, tmp))
     ours = build_sam(name, checkpoint=path, device=device)

@@ -10,13 +10,10 @@ medians of interleaved runs, the ratio, the max relative difference of the outpu
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import run  # noqa: E402
+import run
 
 
 def main(argv: list[str] | None = None) -> int:

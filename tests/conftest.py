@@ -1,11 +1,6 @@
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))  # tests/sam_refs.py and friends
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

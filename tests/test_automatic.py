@@ -11,9 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sam_refs import meta_mobile_sam, meta_tiny_vit_sam, ours_tiny_vit_sam, save_checkpoint
 
 from grounded_sam import AutomaticMaskGenerator, SamPredictor, _amg, build_sam
+from grounded_sam.testing.sam_refs import (
+    meta_mobile_sam,
+    meta_tiny_vit_sam,
+    ours_tiny_vit_sam,
+    save_checkpoint,
+)
 
 MATCH_IOU = 0.98
 MIN_MATCHED = 0.97

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from _pipeline_models import error_lines, sam_args, small_chelsea, write_png
-from _pipeline_models import run_cli as _run_cli
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+from grounded_sam.testing.pipeline import error_lines, sam_args, small_chelsea, write_png
+from grounded_sam.testing.pipeline import run_cli as _run_cli
 
 KEEP_ALL = [
     "--points-per-side",

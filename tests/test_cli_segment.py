@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _pipeline_models import (
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from grounded_sam.detectors import Detections, register_detector
+from grounded_sam.detectors import base as det_base
+from grounded_sam.pipeline import GroundedSAM, Result
+from grounded_sam.testing.pipeline import (
     PHRASES,
     TEXT,
     error_lines,
@@ -23,13 +29,7 @@ from _pipeline_models import (
     small_chelsea,
     write_png,
 )
-from _pipeline_models import run_cli as _run_cli
-from PIL import Image
-from pycocotools import mask as mask_utils
-
-from grounded_sam.detectors import Detections, register_detector
-from grounded_sam.detectors import base as det_base
-from grounded_sam.pipeline import GroundedSAM, Result
+from grounded_sam.testing.pipeline import run_cli as _run_cli
 
 H, W = 150, 226  # small_chelsea()
 

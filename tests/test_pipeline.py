@@ -11,7 +11,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from _pipeline_models import (
+from PIL import Image
+
+from grounded_sam import GroundedSAM, Result, SamPredictor, segment
+from grounded_sam.pipeline import clear_pipelines, get_pipeline
+from grounded_sam.testing.pipeline import (
     PHRASES,
     TEXT,
     CallCounter,
@@ -25,10 +29,6 @@ from _pipeline_models import (
     tiny_sam,
     yolo_clip_kwargs,
 )
-from PIL import Image
-
-from grounded_sam import GroundedSAM, Result, SamPredictor, segment
-from grounded_sam.pipeline import clear_pipelines, get_pipeline
 from grounded_sam.visualize import draw_overlay, instance_colors
 
 H, W = 150, 226  # small_chelsea()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sam_refs import meta_tiny_vit_sam, ours_tiny_vit_sam
 
 from grounded_sam import SamPredictor
+from grounded_sam.testing.sam_refs import meta_tiny_vit_sam, ours_tiny_vit_sam
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,23 @@
 """Session-scoped tiny models for the detector tests (builders live in ``_models.py``).
 
-Other test packages reuse the builders with ``from detectors._models import ...`` (the root
+Other test packages reuse the builders with ``from grounded_sam.testing.detectors import ...`` (the root
 conftest puts ``tests/`` on ``sys.path``).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from detectors._models import (
+from PIL import Image
+
+from grounded_sam.testing.detectors import (
     make_clip_state_dict,
     make_grounding_dino_dir,
     make_yolo_seg_pt,
     register_tiny_clip,
 )
-from PIL import Image
-
-os.environ.setdefault("YOLO_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -159,7 +159,7 @@ def test_clip_loading_errors(yolo_seg_pt, tiny_clip, tmp_path) -> None:
 @pytest.mark.slow
 def test_full_size_vit_b_32_state_dict(yolo_seg_pt, small_chelsea, tmp_path) -> None:
     """Default CLIP architecture (ViT-B-32, pretrained=None, state dict saved) loads and runs."""
-    from detectors._models import make_clip_state_dict
+    from grounded_sam.testing.detectors import make_clip_state_dict
 
     state = make_clip_state_dict(tmp_path / "vit_b_32.pt", model="ViT-B-32")
     det = build_detector(

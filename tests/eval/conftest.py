@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from _eval_data import make_coco
+
+from grounded_sam.testing.eval_data import make_coco
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import yaml
-from _eval_data import EmptyDetector, PerfectPredictor
 
 import grounded_sam.eval.config as eval_config
 import grounded_sam.eval.runner as eval_runner
 from grounded_sam.cli import main
 from grounded_sam.eval import compare_runs, load_config
+from grounded_sam.testing.eval_data import EmptyDetector, PerfectPredictor
 
 # pycocotools' Cython RLE objects trip a numpy 2 DeprecationWarning on every decode
 pytestmark = pytest.mark.filterwarnings(
@@ -197,7 +197,7 @@ def test_shipped_configs_parse(name):
 @pytest.mark.slow
 def test_eval_cli_end_to_end_with_mobile_sam_checkpoint(coco, tmp_path):
     """No injection: the CLI builds MobileSAM from an official-format checkpoint file."""
-    from sam_refs import meta_mobile_sam, save_checkpoint
+    from grounded_sam.testing.sam_refs import meta_mobile_sam, save_checkpoint
 
     ckpt = save_checkpoint(meta_mobile_sam(), tmp_path / "mobile_sam.pt")
     out = tmp_path / "run"
@@ -214,7 +214,7 @@ def test_eval_cli_end_to_end_with_mobile_sam_checkpoint(coco, tmp_path):
 
 
 def test_ctrl_c_leaves_partial_outputs_and_rerun_finishes(coco, tmp_path, monkeypatch, capsys):
-    from _eval_data import InterruptAfter
+    from grounded_sam.testing.eval_data import InterruptAfter
 
     interrupt = {"after": 2}
 

@@ -7,7 +7,6 @@ import pickle
 
 import numpy as np
 import pytest
-from _eval_data import PerfectPredictor
 from PIL import Image
 
 from grounded_sam.eval import (
@@ -20,6 +19,7 @@ from grounded_sam.eval import (
     evaluate,
     load_refs,
 )
+from grounded_sam.testing.eval_data import PerfectPredictor
 
 # pycocotools' Cython RLE objects trip a numpy 2 DeprecationWarning on every decode
 pytestmark = pytest.mark.filterwarnings(

@@ -8,11 +8,16 @@ import json
 
 import numpy as np
 import pytest
-from _eval_data import EmptyDetector, InterruptAfter, NoisyOracle, PerfectPredictor
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from grounded_sam.eval import CocoDataset, RunSpec, build_pipeline, evaluate, read_records
+from grounded_sam.testing.eval_data import (
+    EmptyDetector,
+    InterruptAfter,
+    NoisyOracle,
+    PerfectPredictor,
+)
 
 # pycocotools' Cython RLE objects trip a numpy 2 DeprecationWarning on every decode
 pytestmark = pytest.mark.filterwarnings(
@@ -186,7 +191,7 @@ def test_real_tiny_sam_metrics_match_pycocotools(coco, tmp_path, tiny_sam):
 
 @pytest.fixture(scope="module")
 def tiny_sam():
-    from sam_refs import meta_tiny_vit_sam, ours_tiny_vit_sam
+    from grounded_sam.testing.sam_refs import meta_tiny_vit_sam, ours_tiny_vit_sam
 
     return ours_tiny_vit_sam(meta_tiny_vit_sam().state_dict())
 

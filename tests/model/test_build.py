@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sam_refs import meta_tiny_vit_sam
 
 from grounded_sam import build_sam, list_models
 from grounded_sam.model.build import _expected_shapes, check_state_dict
+from grounded_sam.testing.sam_refs import meta_tiny_vit_sam
 
 
 def test_list_models():
@@ -106,7 +106,7 @@ def test_missing_checkpoint_file(tmp_path):
 
 def test_mobile_sam_fused_at_load_same_outputs(tmp_path):
     """Loading weights folds TinyViT's BatchNorms; fuse=False keeps the official layout."""
-    from sam_refs import meta_mobile_sam, rel_diff, save_checkpoint
+    from grounded_sam.testing.sam_refs import meta_mobile_sam, rel_diff, save_checkpoint
 
     ckpt = save_checkpoint(meta_mobile_sam(), tmp_path / "mobile_sam.pt")
     fused = build_sam("mobile_sam", checkpoint=ckpt, device="cpu")

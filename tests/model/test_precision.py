@@ -12,13 +12,19 @@ import json
 import numpy as np
 import pytest
 import torch
-from _pipeline_models import mobile_sam, mobile_sam_checkpoint, run_cli, sam_args, small_chelsea
-from _pipeline_models import write_png as _write_png
 from skimage import data
 from torch import nn
 
 from grounded_sam import GroundedSAM, SamPredictor, build_sam
 from grounded_sam.model.precision import PRECISIONS, apply_precision
+from grounded_sam.testing.pipeline import (
+    mobile_sam,
+    mobile_sam_checkpoint,
+    run_cli,
+    sam_args,
+    small_chelsea,
+)
+from grounded_sam.testing.pipeline import write_png as _write_png
 
 BOXES = np.array([[120, 30, 360, 290], [0, 0, 200, 200], [200, 100, 450, 300]])
 
@@ -115,7 +121,7 @@ def test_vit_encoder_modes_run(precision):
     """The ViT path (windowed + global relative-position attention) under each mode."""
     import copy
 
-    from _pipeline_models import tiny_sam
+    from grounded_sam.testing.pipeline import tiny_sam
 
     ref = SamPredictor(tiny_sam())
     ref.set_image(small_chelsea())

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sam_refs import (
+
+from grounded_sam import SamPredictor, build_sam
+from grounded_sam.testing.sam_refs import (
     meta_mobile_sam,
     meta_tiny_vit_sam,
     meta_vit_b,
@@ -13,8 +15,6 @@ from sam_refs import (
     rel_diff,
     save_checkpoint,
 )
-
-from grounded_sam import SamPredictor, build_sam
 
 # point / box prompts on chelsea (300x451): the cat's face, its ear, a background corner
 PROMPTS = {

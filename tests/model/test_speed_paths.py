@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from sam_refs import perturb_
 
 from grounded_sam.model.image_encoder import (
     Attention,
@@ -23,6 +22,7 @@ from grounded_sam.model.image_encoder import (
 from grounded_sam.model.mask_decoder import MaskDecoder
 from grounded_sam.model.transformer import Attention as TokenAttention
 from grounded_sam.model.transformer import TwoWayTransformer
+from grounded_sam.testing.sam_refs import perturb_
 
 DT = torch.float64
 

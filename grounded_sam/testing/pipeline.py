@@ -1,4 +1,4 @@
-"""Shared, process-cached models and helpers for the pipeline and ``segment`` CLI tests.
+"""Shared, process-cached tiny models and helpers for the pipeline and CLI tests.
 
 Plain functions (no pytest fixtures) cached per process, so both test modules reuse one copy
 of each tiny model however pytest schedules them. Files go to one temporary folder removed
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,10 +19,14 @@ from PIL import Image
 
 from grounded_sam.detectors import Detections
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
 
-_ROOT = Path(tempfile.mkdtemp(prefix="gs_pipeline_tests_"))
-atexit.register(shutil.rmtree, _ROOT, True)
+@functools.cache
+def _root() -> Path:
+    """One temporary folder per process for the model files, removed at exit."""
+    root = Path(tempfile.mkdtemp(prefix="gs_pipeline_tests_"))
+    atexit.register(shutil.rmtree, root, True)
+    return root
+
 
 PHRASES = ("a cat", "a dog")
 TEXT = "a cat. a dog."
@@ -48,7 +51,7 @@ def small_astronaut() -> np.ndarray:
 @functools.cache
 def tiny_sam():
     """Our ``Sam`` with a 2-block ViT encoder (real 1024 input), perturbed weights, CPU, eval."""
-    from sam_refs import meta_tiny_vit_sam, ours_tiny_vit_sam
+    from grounded_sam.testing.sam_refs import meta_tiny_vit_sam, ours_tiny_vit_sam
 
     return ours_tiny_vit_sam(meta_tiny_vit_sam(seed=3).state_dict())
 
@@ -56,9 +59,9 @@ def tiny_sam():
 @functools.cache
 def mobile_sam_checkpoint() -> Path:
     """A MobileSAM-format checkpoint (``mobile_sam.pt`` keys) with perturbed random weights."""
-    from sam_refs import meta_mobile_sam, save_checkpoint
+    from grounded_sam.testing.sam_refs import meta_mobile_sam, save_checkpoint
 
-    return save_checkpoint(meta_mobile_sam(seed=5), _ROOT / "mobile_sam.pt")
+    return save_checkpoint(meta_mobile_sam(seed=5), _root() / "mobile_sam.pt")
 
 
 @functools.cache
@@ -72,9 +75,9 @@ def mobile_sam():
 @functools.cache
 def gdino_dir() -> Path:
     """Tiny random Grounding DINO folder (save_pretrained format)."""
-    from detectors._models import make_grounding_dino_dir
+    from grounded_sam.testing.detectors import make_grounding_dino_dir
 
-    return make_grounding_dino_dir(_ROOT / "gdino")
+    return make_grounding_dino_dir(_root() / "gdino")
 
 
 @functools.cache
@@ -92,10 +95,14 @@ def gdino_threshold(keep: int = 2) -> float:
 @functools.cache
 def yolo_clip_files() -> tuple[Path, str, Path]:
     """``(yolo .pt, open_clip model name, clip state-dict path)`` of tiny random models."""
-    from detectors._models import make_clip_state_dict, make_yolo_seg_pt, register_tiny_clip
+    from grounded_sam.testing.detectors import (
+        make_clip_state_dict,
+        make_yolo_seg_pt,
+        register_tiny_clip,
+    )
 
-    yolo = make_yolo_seg_pt(_ROOT / "yolo" / "yolov8n-seg-random.pt")
-    clip = make_clip_state_dict(_ROOT / "clip" / "tiny_clip.pt", model="tiny")
+    yolo = make_yolo_seg_pt(_root() / "yolo" / "yolov8n-seg-random.pt")
+    clip = make_clip_state_dict(_root() / "clip" / "tiny_clip.pt", model="tiny")
     return yolo, register_tiny_clip(), clip
 
 
