@@ -1,0 +1,575 @@
+"""SAM 2's image encoder: the Hiera trunk (hierarchical ViT) and the FPN neck.
+
+Parameter names match the ``image_encoder.`` prefix of Meta's ``sam2.1_hiera_*.pt``
+checkpoints (``trunk.patch_embed.proj``, ``trunk.pos_embed``, ``trunk.pos_embed_window``,
+``trunk.blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.layers.0,mlp.layers.1,proj}``,
+``neck.convs.N.conv``).
+
+Hiera (https://arxiv.org/abs/2306.00989, SAM 2's "hieradet" flavour) works on a
+(B, H, W, C) channels-last token grid at stride 4 (256x256 for a 1024 input) and halves the
+grid at each of its three stage changes by max-pooling the *queries* of the first block of
+the new stage ("Q-pooling") and the shortcut. Blocks attend within non-overlapping windows,
+except a few global-attention blocks in the third stage. Position embeddings are
+"windowed" (https://arxiv.org/abs/2311.05613): a small background table resized bicubically
+to the grid, plus a window-sized table tiled over it.
+
+Everything runs on channels-last tokens; see :class:`HieraBlock` for what the inference
+path does differently from a literal transcription (same values, fewer passes over memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from grounded_sam.model._fused import _linear_fast, linear_add, linear_gelu
+
+__all__ = ["FpnNeck", "Hiera", "HieraBlock", "HieraImageEncoder", "Mlp", "add_nearest_2x_"]
+
+
+class Mlp(nn.Module):
+    """Two linear layers with an activation between them, named ``layers.0`` / ``layers.1``
+    (SAM 2's checkpoints; SAM 1's equivalent is :class:`~grounded_sam.model.common.MLPBlock`
+    with ``lin1`` / ``lin2``). Acts on the last dimension."""
+
+    def __init__(self, dim: int, hidden: int, act: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(dim, hidden), nn.Linear(hidden, dim)])
+        self.act = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers[1](self.act(self.layers[0](x)))
+
+    def forward_residual(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)``; with an exact GELU, the activation and the add are fused into
+        the linear layers where :mod:`grounded_sam.model._fused` allows."""
+        if isinstance(self.act, nn.GELU) and self.act.approximate == "none":
+            return linear_add(self.layers[1], linear_gelu(self.layers[0], x), residual)
+        return residual + self(x)
+
+
+def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for an ``nn.Linear``; on the CPU fast path (see ``_fused``) through oneDNN,
+    which adds the bias inside the product (ATen's ``addmm`` first writes the broadcast bias
+    into the whole output: one more pass over a (tokens, 3C) tensor)."""
+    if _linear_fast(layer, x):
+        return torch.ops.mkldnn._linear_pointwise(
+            x, layer.weight, layer.bias, "none", [None], "none"
+        )
+    return layer(x)
+
+
+def _pool2x2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 / stride-2 max pooling of a (B, H, W, C) grid (floor mode, as ``nn.MaxPool2d``)."""
+    b, h, w, c = x.shape
+    if h % 2 or w % 2:
+        x = x[:, : h - h % 2, : w - w % 2]
+    return _max4(x.reshape(b, h // 2, 2, w // 2, 2, c).permute(2, 4, 0, 1, 3, 5).flatten(0, 1))
+
+
+def _max4(v: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum over the leading dimension of size 4 of ``v`` (any strides)."""
+    if torch.is_grad_enabled():
+        return v.amax(dim=0)
+    # Three elementwise passes over strided views are much faster than a reduction over a
+    # non-innermost dimension, and need no copy of ``v``.
+    out = torch.maximum(v[0], v[1])
+    torch.maximum(out, v[2], out=out)
+    return torch.maximum(out, v[3], out=out)
+
+
+class HieraAttention(nn.Module):
+    """Multi-head self-attention over a (B, H, W, C) grid, windowed or global, with optional
+    2x2 max-pooling of the queries (the output grid is then halved)."""
+
+    def __init__(self, dim: int, dim_out: int, num_heads: int) -> None:
+        super().__init__()
+        if dim_out % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide dim_out ({dim_out})")
+        self.num_heads = num_heads
+        self.dim_out = dim_out
+        self.qkv = nn.Linear(dim, 3 * dim_out)
+        self.proj = nn.Linear(dim_out, dim_out)
+
+    def attend(self, x: torch.Tensor, window_size: int, q_pool: bool) -> torch.Tensor:
+        """Attention *before* the output projection: (B, H, W, dim) -> (B, H', W', dim_out), with
+        (H', W') = (H, W), or (H // 2, W // 2) when ``q_pool``.
+
+        ``window_size > 0``: attention within non-overlapping windows of that size (the grid is
+        padded to a multiple of it; padding tokens are zero before the projection, so their
+        q/k/v are exactly the projection of zero, and they are keys of the windows they fall
+        in, as in Meta's ``window_partition``); with ``q_pool`` the pooled queries of a window
+        attend to the keys of that window. ``window_size == 0``: global attention.
+        """
+        b, h, w, _ = x.shape
+        nh, c = self.num_heads, self.dim_out
+        hd = c // nh
+        qkv = _linear(self.qkv, x)  # (B, H, W, 3C)
+        ws = window_size
+        if ws == 0:
+            hp, wp = h, w
+        else:
+            hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+            if (hp, wp) != (h, w):
+                padded = qkv.new_empty(b, hp, wp, 3 * c)
+                padded[:, :h, :w] = qkv
+                # q/k/v of a zero token: the bias for nn.Linear, and right for replaced
+                # (e.g. int8-quantised) layers too.
+                fill = self.qkv(qkv.new_zeros(1, x.shape[-1]))[0]
+                padded[:, h:] = fill
+                padded[:, :h, w:] = fill
+                qkv = padded
+        qkv = qkv.view(b, hp, wp, 3, nh, hd)
+        if q_pool:
+            q = _pool2x2(qkv[..., 0, :, :].reshape(b, hp, wp, c))
+            kv = qkv[..., 1:, :, :]
+        if ws == 0:
+            if q_pool:
+                hq, wq = q.shape[1:3]
+                q = q.view(b, hq * wq, nh, hd).transpose(1, 2)
+                k, v = kv.reshape(b, hp * wp, 2, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)
+            else:
+                hq, wq = h, w
+                q, k, v = qkv.reshape(b, h * w, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, nH, N', hd)
+            return out.transpose(1, 2).reshape(b, hq, wq, c)
+        nwh, nww = hp // ws, wp // ws
+        if q_pool:
+            wq = ws // 2
+            q = (
+                q.view(b, nwh, wq, nww, wq, nh, hd)
+                .permute(0, 1, 3, 5, 2, 4, 6)  # (B, nWh, nWw, nH, wq, wq, hd)
+                .reshape(b * nwh * nww, nh, wq * wq, hd)
+            )
+            k, v = (
+                kv.reshape(b, nwh, ws, nww, ws, 2, nh, hd)
+                .permute(5, 0, 1, 3, 6, 2, 4, 7)  # (2, B, nWh, nWw, nH, ws, ws, hd)
+                .reshape(2, b * nwh * nww, nh, ws * ws, hd)
+                .unbind(0)
+            )
+        else:
+            wq = ws
+            q, k, v = (
+                qkv.view(b, nwh, ws, nww, ws, 3, nh, hd)
+                .permute(5, 0, 1, 3, 6, 2, 4, 7)
+                .reshape(3, b * nwh * nww, nh, ws * ws, hd)
+                .unbind(0)
+            )
+        out = F.scaled_dot_product_attention(q, k, v)  # (B * nW, nH, wq * wq, hd)
+        out = (
+            out.view(b, nwh, nww, nh, wq, wq, hd)
+            .permute(0, 1, 4, 2, 5, 3, 6)  # (B, nWh, wq, nWw, wq, nH, hd)
+            .reshape(b, nwh * wq, nww * wq, c)
+        )
+        ho, wo = (h // 2, w // 2) if q_pool else (h, w)
+        if out.shape[1:3] != (ho, wo):
+            out = out[:, :ho, :wo]
+        return out
+
+    def attend_unrolled(self, x: torch.Tensor, q_pool: bool) -> torch.Tensor:
+        """Attention within windows laid out as rows: (N windows, L tokens, dim) -> (N, L', dim_out).
+
+        With ``q_pool`` the queries are max-pooled over the four leading quarters of each
+        window's tokens (the unrolled order puts the 2x2 pooling offsets outermost), L' = L/4.
+        """
+        n, length, _ = x.shape
+        nh, c = self.num_heads, self.dim_out
+        hd = c // nh
+        q, k, v = _linear(self.qkv, x).view(n, length, 3, nh, hd).unbind(2)  # (N, L, nH, hd) views
+        if q_pool:
+            length //= 4
+            q = _max4(q.reshape(n, 4, length, c).transpose(0, 1)).view(n, length, nh, hd)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        )
+        return out.transpose(1, 2).reshape(n, length, c)
+
+    def forward(self, x: torch.Tensor, window_size: int = 0, q_pool: bool = False) -> torch.Tensor:
+        return self.proj(self.attend(x, window_size, q_pool))
+
+
+class HieraBlock(nn.Module):
+    """One Hiera block (pre-norm attention + MLP), optionally changing the width and pooling.
+
+    ``y = shortcut + proj(attn(norm1(x)))``, ``out = y + mlp(norm2(y))``, where the shortcut is
+    ``x``, or ``maxpool(proj_in(norm1(x)))`` when the block widens the tokens (first block of
+    a stage, ``dim != dim_out``), and the attention pools its queries when ``q_stride``.
+
+    Inference fast path (autograd off, CPU float32; the same values up to float rounding):
+    the output projection carries the residual add, and the MLP runs in chunks of tokens with
+    its GELU and residual add fused into the linear layers (see ``_fused``).
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        dim_out: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        q_stride: tuple[int, int] | None = None,
+        window_size: int = 0,
+    ) -> None:
+        super().__init__()
+        if q_stride is not None and tuple(q_stride) != (2, 2):
+            raise ValueError(f"only q_stride (2, 2) is supported, got {q_stride}")
+        self.dim, self.dim_out = dim, dim_out
+        self.window_size = window_size
+        self.q_stride = q_stride
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = HieraAttention(dim, dim_out, num_heads)
+        self.norm2 = nn.LayerNorm(dim_out, eps=1e-6)
+        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio))
+        if dim != dim_out:
+            self.proj = nn.Linear(dim, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, dim) -> (B, H', W', dim_out); H' = H // 2 with ``q_stride``."""
+        pool = self.q_stride is not None
+        y = self.norm1(x)
+        if self.dim != self.dim_out:
+            shortcut = _linear(self.proj, y)
+            x = _pool2x2(shortcut) if pool else shortcut
+        # The attention's windows are those of the input grid; with Q-pooling the output
+        # windows are half as big (Meta's window_unpartition with window_size // 2).
+        a = self.attn.attend(y, self.window_size, pool)
+        del y
+        return self._finish(a, x)
+
+    def forward_unrolled(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on windows laid out as rows: (N windows, L tokens, dim) -> (N, L', dim_out),
+        each row one ``window_size`` window; with ``q_stride`` the pooling offsets are the four
+        leading quarters of a row (see :meth:`Hiera.features`), and L' = L / 4."""
+        pool = self.q_stride is not None
+        y = self.norm1(x)
+        if self.dim != self.dim_out:
+            shortcut = _linear(self.proj, y)
+            if pool:
+                n, length, c = shortcut.shape
+                shortcut = _max4(shortcut.view(n, 4, length // 4, c).transpose(0, 1))
+            x = shortcut
+        a = self.attn.attend_unrolled(y, pool)
+        del y
+        return self._finish(a, x)
+
+    def _finish(self, a: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """``x = shortcut + proj(a)``, then ``x + mlp(norm2(x))``."""
+        if torch.is_grad_enabled() or a.device.type != "cpu":
+            x = shortcut + self.attn.proj(a)
+            return x + self.mlp(self.norm2(x))
+        x = linear_add(self.attn.proj, a, shortcut)
+        del a
+        return self._mlp_chunked(x)
+
+    # Tokens per step of the CPU MLP path: the (tokens, 4C) hidden activations stay in cache.
+    _MLP_CHUNK = 1024
+
+    def _mlp_chunked(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + mlp(norm2(x))`` for a (.., C) tensor ``x`` the caller owns (written in place)."""
+        c = x.shape[-1]
+        x2d = x.view(-1, c)
+        for i in range(0, x2d.shape[0], self._MLP_CHUNK):
+            rows = x2d[i : i + self._MLP_CHUNK]
+            rows.copy_(self.mlp.forward_residual(self.norm2(rows), rows))
+        return x
+
+
+def _unroll_dims(k: int, d: int) -> tuple[list[int], list[int]]:
+    """Axis orders of the unrolled layout after ``d`` of ``k`` poolings (see ``Hiera.features``).
+
+    The unrolled view of a grid is (B, nWh, nWw, [s_y, s_x] * (k - d), P, P, C): window
+    indices, then the 2x2 offsets of the pools still to come (the next one first), then the
+    position in the final P x P window. Returns the permutation taking that view to the spatial
+    order (B, nWh, P, s_y..., nWw, P, s_x..., C), the later offsets being the coarser ones.
+    """
+    n_s = k - d
+    sy = [3 + 2 * j for j in range(n_s)]
+    sx = [4 + 2 * j for j in range(n_s)]
+    py, px, ch = 3 + 2 * n_s, 4 + 2 * n_s, 5 + 2 * n_s
+    to_spatial = [0, 1, py, *sy[::-1], 2, px, *sx[::-1], ch]
+    return to_spatial, [to_spatial.index(i) for i in range(len(to_spatial))]
+
+
+def _unrolled_view_shape(b: int, nw: tuple[int, int], p: int, n_s: int, c: int) -> list[int]:
+    return [b, nw[0], nw[1], *([2, 2] * n_s), p, p, c]
+
+
+def _spatial_view_shape(b: int, nw: tuple[int, int], p: int, n_s: int, c: int) -> list[int]:
+    return [b, nw[0], p, *([2] * n_s), nw[1], p, *([2] * n_s), c]
+
+
+class Hiera(nn.Module):
+    """Hiera trunk: (B, 3, S, S) normalised image -> one (B, H_i, W_i, C_i) channels-last
+    feature grid per stage (strides 4, 8, 16, 32; widths ``embed_dim * 2**i``).
+
+    Args follow Meta's ``Hiera``: ``stages`` blocks per stage; ``global_att_blocks`` indices
+    of the blocks with global attention; ``window_spec`` window size per stage (the first
+    block of a stage keeps the previous stage's window, as Meta's does); ``q_pool`` number of
+    stage changes that pool.
+    """
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int = 96,
+        num_heads: int = 1,
+        stages: Sequence[int] = (2, 3, 16, 3),
+        global_att_blocks: Sequence[int] = (12, 16, 20),
+        window_pos_embed_bkg_spatial_size: tuple[int, int] = (14, 14),
+        window_spec: Sequence[int] = (8, 4, 14, 7),
+        q_pool: int = 3,
+        dim_mul: float = 2.0,
+        head_mul: float = 2.0,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        if len(stages) != len(window_spec):
+            raise ValueError(f"stages {stages} and window_spec {window_spec} differ in length")
+        self.stage_ends = [sum(stages[: i + 1]) - 1 for i in range(len(stages))]
+        if not 0 <= q_pool <= len(stages) - 1:
+            raise ValueError(f"q_pool must be in [0, {len(stages) - 1}], got {q_pool}")
+        q_pool_blocks = {end + 1 for end in self.stage_ends[:-1][:q_pool]}
+        self.patch_embed = PatchEmbed(embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *window_pos_embed_bkg_spatial_size))
+        self.pos_embed_window = nn.Parameter(
+            torch.zeros(1, embed_dim, window_spec[0], window_spec[0])
+        )
+        self.blocks = nn.ModuleList()
+        dim, heads, stage = embed_dim, num_heads, 0
+        for i in range(sum(stages)):
+            # The first block of a stage still uses the previous stage's window size.
+            window = 0 if i in global_att_blocks else window_spec[stage]
+            dim_out = dim
+            if i - 1 in self.stage_ends:
+                dim_out, heads = int(dim * dim_mul), int(heads * head_mul)
+                stage += 1
+            self.blocks.append(
+                HieraBlock(
+                    dim=dim,
+                    dim_out=dim_out,
+                    num_heads=heads,
+                    mlp_ratio=mlp_ratio,
+                    q_stride=(2, 2) if i in q_pool_blocks else None,
+                    window_size=window,
+                )
+            )
+            dim = dim_out
+        # Widths of the stage outputs, lowest resolution first (Meta's ``channel_list``).
+        self.channel_list = [self.blocks[i].dim_out for i in self.stage_ends[::-1]]
+        self.unroll = True  # take the unrolled path where it applies (see ``features``)
+
+    def pos_embed_grid(self, size: tuple[int, int]) -> torch.Tensor:
+        """The (1, C, H, W) position embedding of an (H, W) token grid: the background table
+        resized bicubically, plus the window table tiled."""
+        h, w = size
+        pos = F.interpolate(self.pos_embed, size=(h, w), mode="bicubic")
+        win = self.pos_embed_window
+        return pos + win.tile([1, 1, h // win.shape[-2], w // win.shape[-1]])
+
+    def _unrolled_plan(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(number of leading blocks run unrolled, number k of poolings among them); (0, 0)
+        when the unrolled path does not apply.
+
+        The leading blocks can run on windows laid out as rows when the first block's window
+        ``ws`` tiles the grid and each following block uses ``ws / 2**j`` after ``j``
+        poolings (Hiera's window specs 8, 4 do); the run ends with the k-th pooling block.
+        """
+        ws = self.blocks[0].window_size
+        if not self.unroll or ws <= 0 or size[0] % ws or size[1] % ws:
+            return 0, 0
+        pools, last = 0, 0
+        for i, blk in enumerate(self.blocks):
+            if blk.window_size != ws >> pools or (ws >> pools) << pools != ws:
+                break
+            if blk.q_stride is not None:
+                if (ws >> pools) % 2:
+                    break
+                pools += 1
+                last = i + 1
+        return (last, pools) if pools else (0, 0)
+
+    def features(self, x: torch.Tensor) -> list[tuple[torch.Tensor, Callable]]:
+        """Stage outputs as ``(tokens, to_spatial)`` pairs, highest resolution first.
+
+        ``tokens`` is (B, H*W, C) in some order of the grid's cells and ``to_spatial(t)`` maps
+        any (B, H*W, C') tensor in that order (e.g. ``tokens`` after a per-token linear map)
+        to the (B, H, W, C') grid. Callers that apply per-token maps first save moving the
+        wide features around.
+
+        Unrolled path: the leading blocks (see :meth:`_unrolled_plan`) run on tokens laid out
+        window by window, the offsets of the 2x2 poolings still to come outermost within a
+        window, so that windowed attention reads each window as a row and Q-pooling is an
+        elementwise maximum of four contiguous quarters of it (as Hiera's own "unroll"); no
+        per-block partitioning or padding copies. The values are those of the spatial path.
+        """
+        pe = self.patch_embed.proj(x)  # (B, C, H, W)
+        b, c, h, w = pe.shape
+        pos = self.pos_embed_grid((h, w))
+        n_unrolled, k = self._unrolled_plan((h, w))
+        ends = set(self.stage_ends)
+        outputs: list[tuple[torch.Tensor, Callable]] = []
+        if n_unrolled:
+            ws = self.blocks[0].window_size
+            p, nw = ws >> k, (h // ws, w // ws)
+            _, to_unrolled = _unroll_dims(k, 0)
+            nchw = [b, c, *_spatial_view_shape(b, nw, p, k, c)[1:-1]]
+            to_last = [0, *range(2, len(nchw)), 1]  # channels last: the spatial view
+            # One pass adds the position embedding and lays the tokens out unrolled.
+            t = pe.new_empty(_unrolled_view_shape(b, nw, p, k, c))
+            torch.add(
+                pe.view(nchw).permute(to_last).permute(to_unrolled),
+                pos.view([1, *nchw[1:]]).permute(to_last).permute(to_unrolled),
+                out=t,
+            )
+            t = t.view(b * nw[0] * nw[1], ws * ws, c)
+            pools = 0
+            for i in range(n_unrolled):
+                t = self.blocks[i].forward_unrolled(t)
+                pools += self.blocks[i].q_stride is not None
+                if i in ends:
+                    outputs.append((t.view(b, -1, t.shape[-1]), _restorer(b, nw, p, k, pools)))
+            xs = _restorer(b, nw, p, k, k)(t.view(b, -1, t.shape[-1]))
+            start = n_unrolled
+        else:
+            xs = pe.new_empty(b, h, w, c)
+            torch.add(pe.permute(0, 2, 3, 1), pos.permute(0, 2, 3, 1), out=xs)
+            start = 0
+        for i in range(start, len(self.blocks)):
+            xs = self.blocks[i](xs)
+            if i in ends:
+                hh, ww = xs.shape[1:3]
+                outputs.append((xs.view(b, hh * ww, -1), _spatial_restorer(b, hh, ww)))
+        return outputs
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, S, S) -> one (B, H_i, W_i, C_i) grid per stage, highest resolution first."""
+        return [to_spatial(t) for t, to_spatial in self.features(x)]
+
+
+def _restorer(b: int, nw: tuple[int, int], p: int, k: int, d: int) -> Callable:
+    """``to_spatial`` for unrolled tokens after ``d`` of ``k`` poolings."""
+    to_spatial, _ = _unroll_dims(k, d)
+    side = (p << (k - d), p << (k - d))  # window side at this level
+
+    def restore(t: torch.Tensor) -> torch.Tensor:
+        c = t.shape[-1]
+        v = t.reshape(_unrolled_view_shape(b, nw, p, k - d, c)).permute(to_spatial)
+        return v.reshape(b, nw[0] * side[0], nw[1] * side[1], c)
+
+    return restore
+
+
+def _spatial_restorer(b: int, h: int, w: int) -> Callable:
+    def restore(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(b, h, w, t.shape[-1])
+
+    return restore
+
+
+class PatchEmbed(nn.Module):
+    """7x7 / stride-4 convolution -> (B, H/4, W/4, C) channels-last tokens."""
+
+    def __init__(self, embed_dim: int, in_chans: int = 3) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=7, stride=4, padding=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj(x).permute(0, 2, 3, 1)
+        return y.contiguous()
+
+
+class FpnNeck(nn.Module):
+    """SAM 2's feature pyramid: a 1x1 convolution to ``d_model`` per stage, and a top-down
+    path (nearest 2x upsampling, summed) into the levels in ``fpn_top_down_levels``.
+
+    Levels are numbered from the highest resolution (0, stride 4) to the lowest. No position
+    encodings: SAM 2's image path does not use them (only its video memory does).
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int = 256,
+        backbone_channel_list: Sequence[int] = (768, 384, 192, 96),
+        fpn_top_down_levels: Sequence[int] = (2, 3),
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.backbone_channel_list = list(backbone_channel_list)
+        self.fpn_top_down_levels = list(fpn_top_down_levels)
+        # convs[0] is for the lowest-resolution level (Meta's order).
+        self.convs = nn.ModuleList(_LateralConv(c, d_model) for c in backbone_channel_list)
+
+    def lateral(self, level: int, x: torch.Tensor, then: nn.Conv2d | None = None) -> torch.Tensor:
+        """1x1 lateral convolution of level ``level`` on (B, H, W, C) tokens -> (B, H, W, d).
+
+        With ``then`` (a 1x1 ``nn.Conv2d``), returns ``then(lateral(x))`` computed as one
+        linear map with the two weight matrices multiplied first (fewer FLOPs, and no
+        ``d_model``-wide intermediate at that resolution).
+        """
+        conv = self.convs[len(self.convs) - 1 - level].conv
+        weight, bias = conv.weight.flatten(1), conv.bias
+        if then is not None:
+            w2 = then.weight.flatten(1)
+            weight, bias = w2 @ weight, torch.addmv(then.bias, w2, bias)
+        return F.linear(x, weight, bias)
+
+    def forward(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Trunk outputs (highest resolution first, (B, H_i, W_i, C_i)) -> one (B, H_i, W_i, d)
+        channels-last tensor per level."""
+        if len(xs) != len(self.convs):
+            raise ValueError(f"expected {len(self.convs)} feature levels, got {len(xs)}")
+        out: list[torch.Tensor] = [xs[0]] * len(xs)
+        prev = None
+        for level in range(len(xs) - 1, -1, -1):
+            lat = self.lateral(level, xs[level])
+            if level in self.fpn_top_down_levels and prev is not None:
+                lat = add_nearest_2x_(lat, prev)
+            out[level] = prev = lat
+        return out
+
+
+class _LateralConv(nn.Module):
+    """Holds one ``conv`` (Meta's ``convs.N.conv`` keys)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size=1)
+
+
+def add_nearest_2x_(x: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """``x + nearest_upsample_2x(low)`` on channels-last grids (B, 2H, 2W, C) and (B, H, W, C),
+    in place into ``x`` when autograd is off (``x`` must be a fresh tensor the caller owns)."""
+    b, h, w, c = low.shape
+    up = low.view(b, h, 1, w, 1, c)
+    if torch.is_grad_enabled():
+        return (x.view(b, h, 2, w, 2, c) + up).view(x.shape)
+    x.view(b, h, 2, w, 2, c).add_(up)
+    return x
+
+
+class HieraImageEncoder(nn.Module):
+    """Hiera trunk + FPN neck (Meta's ``ImageEncoder`` with ``scalp=1``).
+
+    :meth:`forward` returns the neck's levels kept by SAM 2's image path, highest resolution
+    first, as channels-last (B, H, W, d) tensors: strides 4, 8 and 16 (the stride-32 level
+    only feeds the top-down path).
+    """
+
+    def __init__(self, trunk: Hiera, neck: FpnNeck, img_size: int = 1024, scalp: int = 1) -> None:
+        super().__init__()
+        if trunk.channel_list != neck.backbone_channel_list:
+            raise ValueError(
+                f"trunk widths {trunk.channel_list} != neck inputs {neck.backbone_channel_list}"
+            )
+        self.trunk = trunk
+        self.neck = neck
+        self.img_size = img_size
+        self.scalp = scalp
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.neck(self.trunk(x))
+        return feats[: len(feats) - self.scalp]
