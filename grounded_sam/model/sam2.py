@@ -84,7 +84,7 @@ class Sam2Config:
 
 SAM2_CONFIGS: dict[str, Sam2Config] = {
     "sam2.1_hiera_tiny": Sam2Config(
-        96, 1, (1, 2, 7, 2), (5, 7, 9), (7, 7), description="SAM 2.1 Hiera-T (28M encoder)"
+        96, 1, (1, 2, 7, 2), (5, 7, 9), (7, 7), description="SAM 2.1 Hiera-T (27M encoder)"
     ),
     "sam2.1_hiera_small": Sam2Config(
         96, 1, (1, 2, 11, 2), (7, 10, 13), (7, 7), description="SAM 2.1 Hiera-S (34M encoder)"
@@ -99,7 +99,7 @@ SAM2_CONFIGS: dict[str, Sam2Config] = {
         (23, 33, 43),
         (7, 7),
         (8, 4, 16, 8),
-        description="SAM 2.1 Hiera-L (212M encoder)",
+        description="SAM 2.1 Hiera-L (213M encoder)",
     ),
 }
 
@@ -618,7 +618,7 @@ def build_sam2_model(
             transformer=Sam2TwoWayTransformer(embedding_dim=EMBED_DIM),
             dynamic_multimask_via_stability=dynamic_multimask_via_stability,
         ),
-        name=name or "sam2_custom",
+        name=name or ("sam2.1_hiera_test" if config == TEST_CONFIG else "sam2_custom"),
     )
 
 

@@ -18,15 +18,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from grounded_sam.model.sam2 import SAM2_CONFIGS, Sam2Config
+from grounded_sam.model.sam2 import (
+    MEMORY_KEYS,
+    SAM2_CONFIGS,
+    TEST_CONFIG,
+    Sam2,
+    Sam2Config,
+    build_sam2_model,
+)
 from grounded_sam.testing.sam_refs import _seeded, perturb_
 
 __all__ = [
     "META_CONFIG_FILES",
-    "meta_sam2",
-    "meta_image_predictor",
-    "save_sam2_checkpoint",
     "hydra_overrides",
+    "meta_image_predictor",
+    "meta_sam2",
+    "random_sam2",
+    "random_sam2_checkpoint",
+    "save_sam2_checkpoint",
 ]
 
 # our variant name -> Meta's config file
@@ -97,6 +106,26 @@ def meta_image_predictor(model: nn.Module):
 def save_sam2_checkpoint(model: nn.Module, path: Path) -> Path:
     """Save ``{"model": model.state_dict()}``, the layout of Meta's ``sam2.1_hiera_*.pt``."""
     torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def random_sam2(config: str | Sam2Config = TEST_CONFIG, *, seed: int = 0) -> Sam2:
+    """Our ``Sam2`` with seeded random weights, every float tensor perturbed, eval, CPU; no
+    ``sam2`` package needed. The default reduced Hiera (:data:`TEST_CONFIG`) keeps the real
+    1024 input and every output shape: for fast pipeline, CLI and predictor tests."""
+    with _seeded(seed):
+        model = build_sam2_model(config)
+    return perturb_(model, seed=seed).eval()
+
+
+def random_sam2_checkpoint(name: str, path: Path, *, seed: int = 0) -> Path:
+    """A file in the format of Meta's ``<name>.pt`` (``{"model": state_dict}`` with the video
+    modules' keys too) holding :func:`random_sam2` weights; no ``sam2`` package needed."""
+    state = dict(random_sam2(name, seed=seed).state_dict())
+    g = torch.Generator().manual_seed(seed + 1)
+    for key, shape in MEMORY_KEYS.items():
+        state[key] = torch.randn(shape, generator=g) * 0.05
+    torch.save({"model": state}, path)
     return path
 
 

@@ -172,6 +172,23 @@ def test_reduced_config_parity_without_dynamic_multimask(chelsea):
     _run_parity(ref, ours, chelsea)
 
 
+def test_logits_clamped_as_meta(chelsea):
+    """Scaled-up hypernetworks push logits past +-32: the low-res logits are clamped to
+    (-32, 32) as Meta's predictor returns them, and the masks still agree."""
+    ref, ours = _pair(TEST_CONFIG, seed=4)
+    with torch.no_grad():
+        for model in (ref, ours):
+            for mlp in model.sam_mask_decoder.output_hypernetworks_mlps:
+                mlp.layers[2].weight.mul_(20)
+    rp, op = meta_image_predictor(ref), FamilyPredictor(ours)
+    rp.set_image(chelsea)
+    op.set_image(chelsea)
+    for kw in (PROMPTS["box"], PROMPTS["point_multimask"]):
+        r, o = rp.predict(**kw), op.predict(**kw)
+        assert np.abs(r[2]).max() == 32.0 and np.abs(o[2]).max() == 32.0
+        _check(r, o, "clamped")
+
+
 @pytest.mark.slow
 def test_small_parity_with_meta_image_predictor(chelsea, tmp_path):
     ref = meta_sam2("sam2.1_hiera_small", seed=1)
@@ -318,6 +335,17 @@ def test_build_from_meta_checkpoint_keeps_image_path_only(tiny_checkpoint):
     assert not off.dynamic_multimask_via_stability
     # an image-path-only state dict (our own state_dict()) loads too
     build_sam2("sam2.1_hiera_tiny", checkpoint=ours)
+
+
+def test_random_checkpoint_helper_writes_metas_format(tmp_path):
+    from grounded_sam.testing.sam2_refs import random_sam2, random_sam2_checkpoint
+
+    path = random_sam2_checkpoint("sam2.1_hiera_tiny", tmp_path / "t.pt", seed=2)
+    sd = torch.load(path, weights_only=True)["model"]
+    assert set(MEMORY_KEYS) <= set(sd)
+    model = build_sam2("sam2.1_hiera_tiny", checkpoint=path)
+    assert torch.equal(model.no_mem_embed, sd["no_mem_embed"])
+    assert random_sam2().name == "sam2.1_hiera_test"
 
 
 def test_checkpoint_errors(tiny_checkpoint, tmp_path):

@@ -1,0 +1,197 @@
+"""SAM 2.1 speed: our core against Meta's ``sam2`` on identical (random) weights.
+
+    python benchmarks/sam2_speed.py [--threads N] [--device cpu|cuda] [--quick]
+                                    [--variants tiny,small] [--repeats R]
+
+Prints one markdown table (the columns of ``benchmarks/run.py``), two rows per variant:
+
+- ``<variant> set_image``: our predictor's ``set_image`` (square resize, ImageNet
+  normalisation, Hiera trunk, FPN neck, ``conv_s0``/``conv_s1``) against Meta's
+  ``SAM2ImagePredictor.set_image``; the difference column is the image embedding's.
+- ``<variant> predict, 1 box``: one box prompt, single-mask output, masks at the image size,
+  on the embedding set above, against Meta's ``SAM2ImagePredictor.predict``; the difference
+  is over the full-resolution mask logits.
+
+Times are medians of interleaved runs (ours, Meta's, ours, ...) in this process, with one
+thread count; the note gives the ratio of the fastest runs too, which is steadier on a busy
+machine. Peak memory: RSS above the start on CPU (see ``_common.peak_memory_mib``).
+
+Weights: Meta's models built with ``sam2.build_sam.build_sam2`` and every float tensor
+perturbed (:mod:`grounded_sam.testing.sam2_refs`), saved as ``{"model": state_dict}`` like
+``sam2.1_hiera_*.pt`` and loaded by ours from that file; no network. Image: chelsea.
+
+This file is not named ``sam2.py``: run as a script, its folder comes first on ``sys.path``
+and the name would shadow Meta's ``sam2`` package, which it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import run
+import torch
+from _common import peak_memory_mib, rel_diff, sync
+
+VARIANTS = {
+    "tiny": "sam2.1_hiera_tiny",
+    "small": "sam2.1_hiera_small",
+    "base_plus": "sam2.1_hiera_base_plus",
+    "large": "sam2.1_hiera_large",
+}
+BOX = np.array([120, 30, 360, 290])  # the cat in chelsea (300 x 451)
+
+
+class _FamilyDriver:
+    """``set_image`` / ``predict`` through the SAM family interface (what ``SamPredictor``
+    does for every model family)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray) -> None:
+        x, self.input_size = self.model.prepare_image(image)
+        self.embedding, self.high_res = self.model.encode(x)
+        self.original_size = image.shape[:2]
+
+    @torch.no_grad()
+    def predict(self, box: np.ndarray, multimask_output: bool = False, return_logits=False):
+        corners = torch.as_tensor(box, dtype=torch.float32, device=self.model.device)
+        corners = self.model.transform_coords(
+            corners.reshape(-1, 2, 2), self.original_size, self.input_size
+        )
+        low, iou = self.model.decode(
+            self.embedding, self.high_res, None, None, corners.reshape(-1, 4), None,
+            multimask_output,
+        )  # fmt: skip
+        logits = self.model.postprocess_masks(low, self.input_size, self.original_size)
+        masks = logits if return_logits else logits > self.model.mask_threshold
+        return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low[0].cpu().numpy()
+
+
+def timed_pair(
+    ours: Callable[[], object],
+    ref: Callable[[], object],
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+) -> tuple[float, float, float, float]:
+    """Interleaved runs: (median ours, median ref, min ours, min ref) in seconds."""
+    for _ in range(warmup):
+        ours()
+        ref()
+    times: dict[str, list[float]] = {"ours": [], "ref": []}
+    for _ in range(max(1, repeats)):
+        for key, fn in (("ours", ours), ("ref", ref)):
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[key].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return med["ours"], med["ref"], min(times["ours"]), min(times["ref"])
+
+
+def _row(stage: str, ours, ref, device, repeats, warmup, diff: float) -> run.Row:
+    t_ours, t_ref, min_ours, min_ref = timed_pair(ours, ref, device, repeats, warmup)
+    mem_ours = peak_memory_mib(ours, device)
+    mem_ref = peak_memory_mib(ref, device)
+    note = f"fastest runs {min_ours / min_ref:.2f}"
+    return run.Row(stage, t_ours, t_ref, diff, mem_ours, mem_ref, note)
+
+
+def sam2_pair(name: str, device: torch.device, tmp: Path):
+    """(our predictor, Meta's SAM2ImagePredictor) on identical perturbed weights; ours is
+    loaded from Meta's checkpoint format."""
+    from grounded_sam.model.sam2 import build_sam2
+    from grounded_sam.testing.sam2_refs import (
+        meta_image_predictor,
+        meta_sam2,
+        save_sam2_checkpoint,
+    )
+
+    meta = meta_sam2(name)
+    path = save_sam2_checkpoint(meta, tmp / f"{name}.pt")
+    ours = build_sam2(name, checkpoint=path, device=device)
+    return _FamilyDriver(ours), meta_image_predictor(meta.to(device).eval())
+
+
+@torch.no_grad()
+def rows(
+    variants: tuple[str, ...] = ("sam2.1_hiera_tiny", "sam2.1_hiera_small"),
+    device: torch.device | str = "cpu",
+    repeats: int = 5,
+    warmup: int = 1,
+) -> list[run.Row]:
+    """Benchmark rows (``run.Row``) for each variant: set_image, then a one-box predict."""
+    from skimage.data import chelsea
+
+    device = torch.device(device)
+    image = chelsea()
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in variants:
+            ours, ref = sam2_pair(name, device, Path(tmp))
+            ours.set_image(image)
+            ref.set_image(image)
+            diff = rel_diff(ref.get_image_embedding(), ours.embedding)
+            out.append(
+                _row(
+                    f"{name} set_image",
+                    lambda o=ours: o.set_image(image),
+                    lambda r=ref: r.set_image(image),
+                    device,
+                    repeats,
+                    warmup,
+                    diff,
+                )
+            )
+            ours.set_image(image)
+            ref.set_image(image)
+            r_logits = ref.predict(box=BOX, multimask_output=False, return_logits=True)[0]
+            o_logits = ours.predict(box=BOX, multimask_output=False, return_logits=True)[0]
+            out.append(
+                _row(
+                    f"{name} predict, 1 box",
+                    lambda o=ours: o.predict(box=BOX, multimask_output=False),
+                    lambda r=ref: r.predict(box=BOX, multimask_output=False),
+                    device,
+                    max(repeats, 10),
+                    warmup,
+                    rel_diff(torch.as_tensor(r_logits), torch.as_tensor(o_logits)),
+                )
+            )
+            del ours, ref
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    run.add_common_args(parser)
+    parser.add_argument(
+        "--variants",
+        default="tiny,small",
+        help=f"comma-separated, from {', '.join(VARIANTS)} (default: tiny,small)",
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per side")
+    args = parser.parse_args(argv)
+    device, repeats, warmup = run.setup_from_args(parser, args, args.repeats)
+    names = []
+    for v in args.variants.split(","):
+        if v.strip() not in VARIANTS:
+            parser.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+        names.append(VARIANTS[v.strip()])
+    print(run.machine_line(device))
+    print(run.format_table(rows(tuple(names), device, repeats, warmup)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
