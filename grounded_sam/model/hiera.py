@@ -369,6 +369,30 @@ class Hiera(nn.Module):
         win = self.pos_embed_window
         return pos + win.tile([1, 1, h // win.shape[-2], w // win.shape[-1]])
 
+    def _pos_embed_for(self, size: tuple[int, int]) -> torch.Tensor:
+        """:meth:`pos_embed_grid`, computed once per grid size and reused while the two small
+        tables hold the same values (compared in full on every call: ~11k numbers, however
+        they were changed); recomputed each call when autograd is on."""
+        tables = (self.pos_embed, self.pos_embed_window)
+        if torch.is_grad_enabled():
+            return self.pos_embed_grid(size)
+        cached = self.__dict__.get("_pos_cache")
+        if (
+            cached is not None
+            and cached[0] == tuple(size)
+            and all(
+                a.shape == b.shape
+                and a.dtype == b.dtype
+                and a.device == b.device
+                and torch.equal(a, b)
+                for a, b in zip(cached[1], tables, strict=True)
+            )
+        ):
+            return cached[2]
+        pos = self.pos_embed_grid(size)
+        self.__dict__["_pos_cache"] = (tuple(size), tuple(t.detach().clone() for t in tables), pos)
+        return pos
+
     def _unrolled_plan(self, size: tuple[int, int]) -> tuple[int, int]:
         """(number of leading blocks run unrolled, number k of poolings among them); (0, 0)
         when the unrolled path does not apply.
@@ -407,7 +431,7 @@ class Hiera(nn.Module):
         """
         pe = self.patch_embed.proj(x)  # (B, C, H, W)
         b, c, h, w = pe.shape
-        pos = self.pos_embed_grid((h, w))
+        pos = self._pos_embed_for((h, w))
         n_unrolled, k = self._unrolled_plan((h, w))
         ends = set(self.stage_ends)
         outputs: list[tuple[torch.Tensor, Callable]] = []

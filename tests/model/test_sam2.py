@@ -229,6 +229,20 @@ def test_unrolled_trunk_equals_spatial_trunk():
         assert rel_diff(b, a) < 1e-6
 
 
+def test_position_embedding_cache_follows_the_weights():
+    model = build_sam2_model(TEST_CONFIG).eval()
+    trunk = model.image_encoder.trunk
+    x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = trunk(x)[0]
+        trunk.pos_embed.data.add_(1.0)  # bypasses the version counter
+        after = trunk(x)[0]
+        trunk.pos_embed_window.data.sub_(1.0)
+        again = trunk(x)[0]
+    assert not torch.equal(before, after) and not torch.equal(after, again)
+    assert torch.equal(trunk._pos_embed_for((256, 256)), trunk.pos_embed_grid((256, 256)))
+
+
 def test_dynamic_multimask_fallback_picks_best_multimask_when_unstable():
     torch.manual_seed(0)
     model = build_sam2_model(TEST_CONFIG).eval()
