@@ -67,18 +67,19 @@ def _pool2x2(x: torch.Tensor) -> torch.Tensor:
     b, h, w, c = x.shape
     if h % 2 or w % 2:
         x = x[:, : h - h % 2, : w - w % 2]
-    return _max4(x.reshape(b, h // 2, 2, w // 2, 2, c).permute(2, 4, 0, 1, 3, 5).flatten(0, 1))
+    v = x.reshape(b, h // 2, 2, w // 2, 2, c)
+    return _max4(v[:, :, 0, :, 0], v[:, :, 0, :, 1], v[:, :, 1, :, 0], v[:, :, 1, :, 1])
 
 
-def _max4(v: torch.Tensor) -> torch.Tensor:
-    """Elementwise maximum over the leading dimension of size 4 of ``v`` (any strides)."""
+def _max4(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum of four same-shaped tensors (any strides; NaN propagates)."""
     if torch.is_grad_enabled():
-        return v.amax(dim=0)
-    # Three elementwise passes over strided views are much faster than a reduction over a
-    # non-innermost dimension, and need no copy of ``v``.
-    out = torch.maximum(v[0], v[1])
-    torch.maximum(out, v[2], out=out)
-    return torch.maximum(out, v[3], out=out)
+        return torch.maximum(torch.maximum(a, b), torch.maximum(c, d))
+    # Three elementwise passes over strided views: much faster than a reduction over a
+    # non-innermost dimension, and no copy of the inputs.
+    out = torch.maximum(a, b)
+    torch.maximum(out, c, out=out)
+    return torch.maximum(out, d, out=out)
 
 
 class HieraAttention(nn.Module):
@@ -98,67 +99,50 @@ class HieraAttention(nn.Module):
         """Attention *before* the output projection: (B, H, W, dim) -> (B, H', W', dim_out), with
         (H', W') = (H, W), or (H // 2, W // 2) when ``q_pool``.
 
-        ``window_size > 0``: attention within non-overlapping windows of that size (the grid is
-        padded to a multiple of it; padding tokens are zero before the projection, so their
-        q/k/v are exactly the projection of zero, and they are keys of the windows they fall
-        in, as in Meta's ``window_partition``); with ``q_pool`` the pooled queries of a window
-        attend to the keys of that window. ``window_size == 0``: global attention.
+        ``window_size > 0``: attention within non-overlapping windows of that size; the grid
+        is zero-padded to a multiple of it *before* the projection (the padding tokens' q/k/v
+        are the projection of zero, keys of the windows they fall in, as in Meta's
+        ``window_partition``); with ``q_pool`` the 2x2-pooled queries of a window attend to the
+        keys of that window. ``window_size == 0``: global attention.
         """
-        b, h, w, _ = x.shape
+        b, h, w, c_in = x.shape
         nh, c = self.num_heads, self.dim_out
         hd = c // nh
-        qkv = _linear(self.qkv, x)  # (B, H, W, 3C)
         ws = window_size
         if ws == 0:
-            hp, wp = h, w
-        else:
-            hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
-            if (hp, wp) != (h, w):
-                padded = qkv.new_empty(b, hp, wp, 3 * c)
-                padded[:, :h, :w] = qkv
-                # q/k/v of a zero token: the bias for nn.Linear, and right for replaced
-                # (e.g. int8-quantised) layers too.
-                fill = self.qkv(qkv.new_zeros(1, x.shape[-1]))[0]
-                padded[:, h:] = fill
-                padded[:, :h, w:] = fill
-                qkv = padded
-        qkv = qkv.view(b, hp, wp, 3, nh, hd)
-        if q_pool:
-            q = _pool2x2(qkv[..., 0, :, :].reshape(b, hp, wp, c))
-            kv = qkv[..., 1:, :, :]
-        if ws == 0:
+            qkv = _linear(self.qkv, x).view(b, h, w, 3, nh, hd)
             if q_pool:
+                q = _pool2x2(qkv[..., 0, :, :].reshape(b, h, w, c))
                 hq, wq = q.shape[1:3]
-                q = q.view(b, hq * wq, nh, hd).transpose(1, 2)
-                k, v = kv.reshape(b, hp * wp, 2, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)
+                q = q.view(b, hq * wq, nh, hd)
             else:
                 hq, wq = h, w
-                q, k, v = qkv.reshape(b, h * w, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, nH, N', hd)
+                q = qkv[..., 0, :, :].reshape(b, h * w, nh, hd)
+            k = qkv[..., 1, :, :].reshape(b, h * w, nh, hd)
+            v = qkv[..., 2, :, :].reshape(b, h * w, nh, hd)
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            )
             return out.transpose(1, 2).reshape(b, hq, wq, c)
+        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+        if (hp, wp) != (h, w):
+            x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
         nwh, nww = hp // ws, wp // ws
+        n = b * nwh * nww
+        # windows as rows: one copy of the (narrower) input rather than of q, k and v
+        xw = x.view(b, nwh, ws, nww, ws, c_in).permute(0, 1, 3, 2, 4, 5).reshape(n, ws * ws, c_in)
+        qkv = _linear(self.qkv, xw).view(n, ws, ws, 3, nh, hd)
         if q_pool:
             wq = ws // 2
-            q = (
-                q.view(b, nwh, wq, nww, wq, nh, hd)
-                .permute(0, 1, 3, 5, 2, 4, 6)  # (B, nWh, nWw, nH, wq, wq, hd)
-                .reshape(b * nwh * nww, nh, wq * wq, hd)
-            )
-            k, v = (
-                kv.reshape(b, nwh, ws, nww, ws, 2, nh, hd)
-                .permute(5, 0, 1, 3, 6, 2, 4, 7)  # (2, B, nWh, nWw, nH, ws, ws, hd)
-                .reshape(2, b * nwh * nww, nh, ws * ws, hd)
-                .unbind(0)
-            )
+            q = _pool2x2(qkv[..., 0, :, :].reshape(n, ws, ws, c)).view(n, wq * wq, nh, hd)
         else:
             wq = ws
-            q, k, v = (
-                qkv.view(b, nwh, ws, nww, ws, 3, nh, hd)
-                .permute(5, 0, 1, 3, 6, 2, 4, 7)
-                .reshape(3, b * nwh * nww, nh, ws * ws, hd)
-                .unbind(0)
-            )
-        out = F.scaled_dot_product_attention(q, k, v)  # (B * nW, nH, wq * wq, hd)
+            q = qkv[..., 0, :, :].reshape(n, ws * ws, nh, hd)
+        k = qkv[..., 1, :, :].reshape(n, ws * ws, nh, hd)
+        v = qkv[..., 2, :, :].reshape(n, ws * ws, nh, hd)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        )
         out = (
             out.view(b, nwh, nww, nh, wq, wq, hd)
             .permute(0, 1, 4, 2, 5, 3, 6)  # (B, nWh, wq, nWw, wq, nH, hd)
@@ -181,7 +165,8 @@ class HieraAttention(nn.Module):
         q, k, v = _linear(self.qkv, x).view(n, length, 3, nh, hd).unbind(2)  # (N, L, nH, hd) views
         if q_pool:
             length //= 4
-            q = _max4(q.reshape(n, 4, length, c).transpose(0, 1)).view(n, length, nh, hd)
+            qq = q.reshape(n, 4, length, c)
+            q = _max4(qq[:, 0], qq[:, 1], qq[:, 2], qq[:, 3]).view(n, length, nh, hd)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         )
@@ -249,7 +234,8 @@ class HieraBlock(nn.Module):
             shortcut = _linear(self.proj, y)
             if pool:
                 n, length, c = shortcut.shape
-                shortcut = _max4(shortcut.view(n, 4, length // 4, c).transpose(0, 1))
+                sc = shortcut.view(n, 4, length // 4, c)
+                shortcut = _max4(sc[:, 0], sc[:, 1], sc[:, 2], sc[:, 3])
             x = shortcut
         a = self.attn.attend_unrolled(y, pool)
         del y
