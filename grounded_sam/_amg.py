@@ -16,19 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "build_point_grid",
     "build_all_layer_point_grids",
     "generate_crop_boxes",
-    "upscale_logits",
     "stability_score",
     "masks_to_boxes",
     "near_crop_edge",
     "masks_to_uncompressed_rle",
-    "masks_to_coco_rle",
-    "rle_to_mask",
     "remove_small_regions",
 ]
 
@@ -75,42 +71,6 @@ def generate_crop_boxes(
 
 
 # --------------------------------------------------------------------------- logits -> masks
-def _needed_rows(n_out: int, n_in: int, factor: int) -> int:
-    """Input rows a bilinear x``factor`` upsample (align_corners=False) reads for its first
-    ``n_out`` output rows, plus one so the edge clamp never changes a used value."""
-    src = (n_out - 1 + 0.5) / factor - 0.5
-    return min(n_in, int(math.floor(src)) + 2)
-
-
-def upscale_logits(
-    low_res: torch.Tensor,
-    img_size: int,
-    input_size: tuple[int, int],
-    original_size: tuple[int, int],
-) -> torch.Tensor:
-    """Same values as ``Sam.postprocess_masks``: (N, L, L) low-res logits -> (N, H, W) float32.
-
-    SAM upsamples to (img_size, img_size), crops the un-padded (h, w) corner and resizes
-    to (H, W). The first step is computed only for the rows/columns the crop keeps: a
-    bilinear upsample by an integer factor of the leading rows gives bit-identical values
-    to the same rows of the full upsample (same source coordinates, same weights).
-    """
-    n, lh, lw = low_res.shape
-    h_in, w_in = input_size
-    x = low_res[:, None]
-    if img_size % lh == 0 and img_size % lw == 0:
-        fy, fx = img_size // lh, img_size // lw
-        rh, rw = _needed_rows(h_in, lh, fy), _needed_rows(w_in, lw, fx)
-        x = F.interpolate(
-            x[..., :rh, :rw], (rh * fy, rw * fx), mode="bilinear", align_corners=False
-        )
-    else:  # pragma: no cover - SAM's 256 -> 1024 is always an integer factor
-        x = F.interpolate(x, (img_size, img_size), mode="bilinear", align_corners=False)
-    x = x[..., :h_in, :w_in]
-    x = F.interpolate(x, tuple(original_size), mode="bilinear", align_corners=False)
-    return x[:, 0]
-
-
 def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
     """(N, H, W) logits -> (N,) float32 IoU of the masks at ``threshold +- offset``.
 
@@ -173,33 +133,6 @@ def masks_to_uncompressed_rle(masks: torch.Tensor) -> list[dict[str, Any]]:
             counts = [0, *counts]
         out.append({"size": [h, w], "counts": counts})
     return out
-
-
-def masks_to_coco_rle(masks: np.ndarray | torch.Tensor, chunk: int = 64) -> list[dict[str, Any]]:
-    """(N, H, W) bool -> N COCO compressed RLEs (``counts`` as str, JSON-ready), via pycocotools."""
-    from pycocotools import mask as mask_utils
-
-    if isinstance(masks, torch.Tensor):
-        masks = masks.cpu().numpy()
-    out: list[dict[str, Any]] = []
-    for i in range(0, masks.shape[0], chunk):
-        block = np.asfortranarray(masks[i : i + chunk].transpose(1, 2, 0).astype(np.uint8))
-        for rle in mask_utils.encode(block):
-            out.append(
-                {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("utf-8")}
-            )
-    return out
-
-
-def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
-    """Uncompressed RLE -> (H, W) bool mask."""
-    h, w = rle["size"]
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    values = np.arange(len(counts)) % 2 == 1
-    flat = np.repeat(values, counts)
-    if flat.size != h * w:
-        raise ValueError(f"RLE counts sum to {flat.size}, expected H*W = {h * w}")
-    return flat.reshape(w, h).T
 
 
 def remove_small_regions(

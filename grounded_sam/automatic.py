@@ -12,7 +12,7 @@ are the same; only the work is):
 * Meta upsamples every candidate to full resolution before filtering. Here the
   predicted-IoU filter runs on the low-res decoder output first, and only its survivors
   are upsampled (and only the rows/columns of SAM's 1024x1024 intermediate that the
-  un-padded crop keeps: bit-identical values, see :func:`grounded_sam._amg.upscale_logits`).
+  un-padded crop keeps: bit-identical values, see :meth:`grounded_sam.model.sam.Sam.postprocess_masks`).
 * Survivors are kept as 256x256 low-res logits, not full-resolution RLEs; the full-res
   masks of the final survivors are rebuilt once, after all NMS.
 * Boxes, stability scores and RLEs are computed for whole batches with tensor ops;
@@ -31,8 +31,10 @@ import torch
 from torchvision.ops import batched_nms, box_area
 
 from grounded_sam import _amg
+from grounded_sam.errors import InputError
 from grounded_sam.io import ImageLike, load_image
-from grounded_sam.model.precision import decode_masks
+from grounded_sam.masks import encode_rle
+from grounded_sam.model.sam import SamBase
 from grounded_sam.predictor import SamPredictor
 
 __all__ = ["AutomaticMaskGenerator"]
@@ -43,11 +45,11 @@ _UPSCALE_BUDGET = 256 * 1024 * 1024  # bytes of float32 logits upsampled at once
 
 def _check_int(value: object, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(
+        raise InputError(
             f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})"
         )
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise InputError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
@@ -59,14 +61,14 @@ def _check_real(
     hi_open: bool = False,
 ) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+        raise InputError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     v = float(value)
     if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value}")
+        raise InputError(f"{name} must be finite, got {value}")
     too_high = hi is not None and (v >= hi if hi_open else v > hi)
     if (lo is not None and v < lo) or too_high:
         rng = f"[{lo}, {hi})" if hi_open else f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be in {rng}, got {value}")
+        raise InputError(f"{name} must be in {rng}, got {value}")
     return v
 
 
@@ -121,7 +123,7 @@ class AutomaticMaskGenerator:
     ) -> None:
         if isinstance(model, SamPredictor):
             predictor = model
-        elif isinstance(model, torch.nn.Module) and hasattr(model, "mask_decoder"):
+        elif isinstance(model, SamBase):
             predictor = SamPredictor(model)
         else:
             raise TypeError(
@@ -149,7 +151,7 @@ class AutomaticMaskGenerator:
     @classmethod
     def validate_knobs(cls, **knobs: Any) -> None:
         """Check constructor knobs (keyword arguments other than ``model``) without a model:
-        raises the same ``ValueError``/``TypeError`` as the constructor."""
+        raises the same ``InputError`` as the constructor."""
         # The constructor's signature is the one place the defaults live.
         bound = inspect.signature(cls.__init__).bind(None, None, **knobs)
         bound.apply_defaults()
@@ -195,13 +197,13 @@ class AutomaticMaskGenerator:
         )
         self.min_mask_region_area = _check_real(min_mask_region_area, "min_mask_region_area", 0.0)
         if output_mode not in OUTPUT_MODES:
-            raise ValueError(
+            raise InputError(
                 f"output_mode must be one of {list(OUTPUT_MODES)}, got {output_mode!r}"
             )
         self.output_mode = output_mode
 
         if (points_per_side is None) == (point_grids is None):
-            raise ValueError(
+            raise InputError(
                 "give exactly one of points_per_side or point_grids (set points_per_side=None "
                 f"to use point_grids); got points_per_side={points_per_side!r} and "
                 f"point_grids={'None' if point_grids is None else 'a list'}"
@@ -210,7 +212,7 @@ class AutomaticMaskGenerator:
             self.points_per_side: int | None = _check_int(points_per_side, "points_per_side", 1)
             for i in range(self.crop_n_layers + 1):
                 if int(points_per_side / self.crop_n_points_downscale_factor**i) < 1:
-                    raise ValueError(
+                    raise InputError(
                         f"crop_n_points_downscale_factor={crop_n_points_downscale_factor} leaves crop "
                         f"layer {i} with no points (points_per_side={points_per_side}); lower it or "
                         "crop_n_layers"
@@ -228,11 +230,11 @@ class AutomaticMaskGenerator:
 
     def _check_point_grids(self, grids: object) -> list[np.ndarray]:
         if not isinstance(grids, (list, tuple)):
-            raise TypeError(
+            raise InputError(
                 f"point_grids must be a list of (N, 2) arrays, got {type(grids).__name__}"
             )
         if len(grids) < self.crop_n_layers + 1:
-            raise ValueError(
+            raise InputError(
                 f"point_grids needs one grid per crop layer: crop_n_layers={self.crop_n_layers} needs "
                 f"{self.crop_n_layers + 1}, got {len(grids)}"
             )
@@ -240,11 +242,11 @@ class AutomaticMaskGenerator:
         for i, g in enumerate(grids):
             arr = np.asarray(g, dtype=np.float64)
             if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] == 0:
-                raise ValueError(
+                raise InputError(
                     f"point_grids[{i}] must have shape (N, 2) with N >= 1, got {arr.shape}"
                 )
             if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
-                raise ValueError(f"point_grids[{i}] must hold xy normalised to [0, 1]")
+                raise InputError(f"point_grids[{i}] must hold xy normalised to [0, 1]")
             out.append(arr)
         return out
 
@@ -322,25 +324,16 @@ class AutomaticMaskGenerator:
         crop_size = (int(crop.shape[0]), int(crop.shape[1]))
         p = self.predictor
         p.set_image(crop)
-        model, dev = p.model, p.device
-        input_size = p.input_size
+        dev = p.device
         points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]  # (P, 2) xy, crop px
 
         # 1. decode every point (3 candidates each); filter on predicted IoU at low res
-        coords_all = torch.as_tensor(p.transform.apply_coords(points, crop_size), device=dev)
-        image_pe = model.prompt_encoder.get_dense_pe()
         low_parts, iou_parts, idx_parts = [], [], []
         for start in range(0, len(points), self.points_per_batch):
-            coords = coords_all[start : start + self.points_per_batch, None, :]
-            labels = torch.ones(coords.shape[:2], dtype=torch.int, device=dev)
-            sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-            low, iou = decode_masks(
-                model,
-                image_embeddings=p.features,
-                image_pe=image_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=True,
+            coords = points[start : start + self.points_per_batch, None, :]
+            labels = np.ones(coords.shape[:2], dtype=np.int64)
+            low, iou = p.predict_low_res(
+                point_coords=coords, point_labels=labels, multimask_output=True
             )
             n_out = low.shape[1]
             low, iou = low.flatten(0, 1), iou.flatten(0, 1)
@@ -356,9 +349,7 @@ class AutomaticMaskGenerator:
         # 2. stability score and boxes from full-resolution logits, survivors only
         stab_parts, box_parts = [], []
         for chunk in self._chunks(len(low), crop_size):
-            logits = _amg.upscale_logits(
-                low[chunk], model.image_encoder.img_size, input_size, crop_size
-            )
+            logits = p.postprocess(low[chunk][:, None])[:, 0]
             stab_parts.append(
                 _amg.stability_score(logits, self.mask_threshold, self.stability_score_offset)
             )
@@ -385,6 +376,7 @@ class AutomaticMaskGenerator:
         )
         low, iou, cand, stab, boxes = low[keep], iou[keep], cand[keep], stab[keep], boxes[keep]
         point_idx = (cand // n_out).cpu().numpy() if len(cand) else np.zeros(0, dtype=np.int64)
+        embedding = p.get_embedding()
         p.reset_image()
         return {
             "boxes": (boxes + offset).cpu(),
@@ -392,7 +384,7 @@ class AutomaticMaskGenerator:
             "stability": stab.float().cpu(),
             "points": torch.as_tensor(points[point_idx] + np.array([x0, y0])).reshape(-1, 2),
             "low_res": low,
-            "input_size": input_size,
+            "embedding": embedding,  # to upsample the survivors after all NMS
             "crop_size": crop_size,
             "crop_box": crop_box,
         }
@@ -414,15 +406,12 @@ class AutomaticMaskGenerator:
             sel = local[rows].to(c["low_res"].device)
             x0, y0, x1, y1 = c["crop_box"]
             rows = rows.to(dev)
+            self.predictor.set_embedding(c["embedding"])
             for chunk in self._chunks(len(sel), c["crop_size"]):
-                logits = _amg.upscale_logits(
-                    c["low_res"][sel[chunk]],
-                    self.model.image_encoder.img_size,
-                    c["input_size"],
-                    c["crop_size"],
-                )
+                logits = self.predictor.postprocess(c["low_res"][sel[chunk]][:, None])[:, 0]
                 out[rows[chunk], y0:y1, x0:x1] = logits > self.mask_threshold
                 del logits
+        self.predictor.reset_image()
         return out
 
     @staticmethod
@@ -467,7 +456,7 @@ class AutomaticMaskGenerator:
         elif self.output_mode == "uncompressed_rle":
             segs = _amg.masks_to_uncompressed_rle(masks)
         else:
-            segs = _amg.masks_to_coco_rle(masks)
+            segs = encode_rle(masks.cpu().numpy())
         areas = masks.sum((1, 2)).cpu().tolist() if n else []
         boxes = data["boxes"].clone()
         boxes[:, 2:] -= boxes[:, :2]

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from grounded_sam.errors import InputError
+
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
 __all__ = ["ImageLike", "load_image", "image_stem"]
@@ -40,7 +42,7 @@ def _describe(image: object) -> str:
 
 def _from_pil(img: Image.Image, name: str) -> np.ndarray:
     if img.width == 0 or img.height == 0:
-        raise ValueError(f"{name} has zero size {img.size}; expected a non-empty image")
+        raise InputError(f"{name} has zero size {img.size}; expected a non-empty image")
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img)
@@ -57,13 +59,13 @@ def _from_pil(img: Image.Image, name: str) -> np.ndarray:
 
 def _from_array(arr: np.ndarray, name: str) -> np.ndarray:
     if arr.size == 0:
-        raise ValueError(
+        raise InputError(
             f"{name}: image is empty ({_describe(arr)}); expected HxW or HxWxC with H, W > 0"
         )
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
-        raise ValueError(
+        raise InputError(
             f"{name}: expected an HxW, HxWx1, HxWx3 or HxWx4 image, got {_describe(arr)}"
         )
     if arr.shape[2] in (2, 4):  # drop alpha
@@ -78,23 +80,23 @@ def _from_array(arr: np.ndarray, name: str) -> np.ndarray:
         arr.dtype, np.integer
     ):
         if arr.min(initial=0) < 0 or arr.max(initial=0) > 65535:
-            raise ValueError(
+            raise InputError(
                 f"{name}: integer image values must lie in [0, 65535], got "
                 f"[{arr.min()}, {arr.max()}] ({_describe(arr)})"
             )
         out = np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)  # 16-bit -> 8-bit
     elif np.issubdtype(arr.dtype, np.floating):
         if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name}: float image contains NaN or inf")
+            raise InputError(f"{name}: float image contains NaN or inf")
         lo, hi = float(arr.min()), float(arr.max())
         if lo < 0.0 or hi > 1.0:
-            raise ValueError(
+            raise InputError(
                 f"{name}: float images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
                 "convert to uint8 (0-255) or divide by 255"
             )
         out = np.round(arr * 255.0).astype(np.uint8)
     else:
-        raise TypeError(
+        raise InputError(
             f"{name}: unsupported dtype {arr.dtype}; expected uint8, uint16 or float in [0, 1]"
         )
     return np.ascontiguousarray(out)
@@ -112,9 +114,8 @@ def load_image(image: ImageLike) -> np.ndarray:
         orientation applied; alpha is dropped; 16-bit data is scaled to 8 bits.
 
     Raises:
-        ValueError: the file is missing, empty, truncated or not an image, or the
-            array has the wrong shape or value range.
-        TypeError: the input is of an unsupported type or dtype.
+        InputError: the file is missing, empty, truncated or not an image, the array has the
+            wrong shape, dtype or value range, or the input is of an unsupported type.
     """
     if isinstance(image, np.ndarray):
         return _from_array(image, "image array")
@@ -123,24 +124,26 @@ def load_image(image: ImageLike) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.exists():
-            raise ValueError(f"image file not found: {str(path)!r}")
+            raise InputError(f"image file not found: {str(path)!r}")
         if path.is_dir():
-            raise ValueError(f"{str(path)!r} is a directory; expected an image file")
+            raise InputError(f"{str(path)!r} is a directory; expected an image file")
         if path.stat().st_size == 0:
-            raise ValueError(f"image file {str(path)!r} is empty (0 bytes)")
+            raise InputError(f"image file {str(path)!r} is empty (0 bytes)")
         try:
             with _pil_open(path) as img:
                 img.load()  # force decoding now, so truncated files fail here
                 img = ImageOps.exif_transpose(img)
                 return _from_pil(img, f"image file {str(path)!r}")
-        except UnidentifiedImageError as e:
-            raise ValueError(
+        except (UnidentifiedImageError, ImportError) as e:
+            # ImportError: a patched PIL.Image.open (ultralytics) reaching for an optional
+            # decoder plugin for a file PIL cannot identify
+            raise InputError(
                 f"{str(path)!r} is not a readable image (PIL cannot identify it); "
                 "expected a JPEG, PNG, TIFF, BMP or WebP file"
             ) from e
         except (OSError, SyntaxError) as e:
-            raise ValueError(f"image file {str(path)!r} is truncated or corrupt: {e}") from e
-    raise TypeError(
+            raise InputError(f"image file {str(path)!r} is truncated or corrupt: {e}") from e
+    raise InputError(
         f"unsupported image input: {_describe(image)}; expected a path, a PIL.Image or "
         "a HxWx3 uint8 numpy array"
     )

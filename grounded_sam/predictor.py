@@ -1,136 +1,86 @@
-"""``SamPredictor``: a drop-in for ``segment_anything.SamPredictor``, plus batched box prompts.
+"""``SamPredictor``: the one gateway into a SAM model, a drop-in for Meta's ``SamPredictor``.
 
-Coordinate frames: ``predict`` and ``predict_boxes`` take (x, y) pixels of the original
-image; ``predict_torch`` takes coordinates already transformed to the resized model-input
-frame (``predictor.transform.apply_coords_torch``), as Meta's does.
+Everything that runs a SAM model at inference goes through this class (the pipeline, the
+automatic mask generator, the labelling engine, the annotation app), so a concern such as
+precision or a new model family is handled once, in the model class it calls
+(:class:`grounded_sam.model.sam.SamBase`).
+
+Coordinate frames: :meth:`SamPredictor.predict`, :meth:`~SamPredictor.predict_boxes` and
+:meth:`~SamPredictor.predict_low_res` take (x, y) pixels of the original image;
+:meth:`~SamPredictor.predict_torch` takes coordinates already in the model-input frame
+(``predictor.transform.apply_coords_torch`` for SAM 1), as Meta's does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
+from grounded_sam.errors import InputError
 from grounded_sam.io import ImageLike, load_image
-from grounded_sam.model.precision import decode_masks, encode_image
-from grounded_sam.model.sam import Sam
+from grounded_sam.masks import check_boxes, finite_array
+from grounded_sam.model.sam import SamBase
+from grounded_sam.model.transforms import ResizeLongestSide
 
 __all__ = ["SamPredictor", "ResizeLongestSide", "ImageEmbedding"]
 
 
-class ResizeLongestSide:
-    """Resize images so the long side is ``target_length``, and map coordinates/boxes alike."""
-
-    def __init__(self, target_length: int) -> None:
-        self.target_length = target_length
-
-    @staticmethod
-    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
-        """(h, w) after resizing the long side of an (oldh, oldw) image to ``long_side_length``."""
-        scale = long_side_length * 1.0 / max(oldh, oldw)
-        return int(oldh * scale + 0.5), int(oldw * scale + 0.5)
-
-    def apply_image(self, image: np.ndarray) -> np.ndarray:
-        """HxWx3 uint8 -> hxwx3 uint8 (bilinear, as PIL resizes)."""
-        h, w = self.get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
-        return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-
-    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
-        """(..., 2) xy in the original (H, W) image -> float64 xy in the resized frame."""
-        old_h, old_w = original_size
-        new_h, new_w = self.get_preprocess_shape(old_h, old_w, self.target_length)
-        coords = np.array(coords, dtype=float, copy=True)
-        coords[..., 0] *= new_w / old_w
-        coords[..., 1] *= new_h / old_h
-        return coords
-
-    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
-        """(B, 4) XYXY in the original image -> (B, 4) in the resized frame."""
-        return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
-
-    def apply_image_torch(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float -> resized; may differ slightly from :meth:`apply_image`."""
-        size = self.get_preprocess_shape(image.shape[2], image.shape[3], self.target_length)
-        return torch.nn.functional.interpolate(
-            image, size, mode="bilinear", align_corners=False, antialias=True
-        )
-
-    def apply_coords_torch(
-        self, coords: torch.Tensor, original_size: tuple[int, ...]
-    ) -> torch.Tensor:
-        old_h, old_w = original_size
-        new_h, new_w = self.get_preprocess_shape(old_h, old_w, self.target_length)
-        coords = coords.to(torch.float).clone()
-        coords[..., 0] = coords[..., 0] * (new_w / old_w)
-        coords[..., 1] = coords[..., 1] * (new_h / old_h)
-        return coords
-
-    def apply_boxes_torch(
-        self, boxes: torch.Tensor, original_size: tuple[int, ...]
-    ) -> torch.Tensor:
-        return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
-
-
 @dataclass(frozen=True)
 class ImageEmbedding:
-    """What ``set_image`` computes: reusable for the same image (see ``SamPredictor.set_embedding``).
+    """What ``set_image`` computes; reusable for the same image (:meth:`SamPredictor.set_embedding`).
 
-    ``features`` (1, 256, 64, 64); ``original_size`` (H, W); ``input_size`` (h, w) resized.
+    Attributes:
+        features: (1, 256, 64, 64) float32 image embedding.
+        original_size: (H, W) of the image.
+        input_size: (h, w) of the image inside the model input (before padding).
+        high_res: extra high-resolution features of the family (SAM 2.1: two tensors;
+            SAM 1: none).
     """
 
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    high_res: tuple[torch.Tensor, ...] = ()
 
-
-def _finite_array(value: object, name: str, *, dtype=np.float64) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=dtype)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be a numeric array, got {type(value).__name__}") from e
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or inf: {value!r}")
-    return arr
-
-
-def check_boxes(boxes: object, name: str = "boxes") -> np.ndarray:
-    """Validate XYXY boxes: (N, 4) finite with x1 >= x0 and y1 >= y0. Returns float64 (N, 4)."""
-    arr = _finite_array(boxes, name)
-    if arr.ndim == 1 and arr.shape[0] == 4:
-        arr = arr[None]
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"{name} must have shape (N, 4) as x0, y0, x1, y1; got shape {arr.shape}")
-    bad = np.nonzero((arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1]))[0]
-    if bad.size:
-        raise ValueError(
-            f"{name}[{bad[0]}] = {arr[bad[0]].tolist()} is not XYXY: need x1 >= x0 and y1 >= y0"
+    def to(self, device: torch.device | str) -> ImageEmbedding:
+        """A copy on ``device`` (e.g. ``"cpu"`` for a cache that outlives the GPU copy)."""
+        return ImageEmbedding(
+            self.features.to(device),
+            self.original_size,
+            self.input_size,
+            tuple(t.to(device) for t in self.high_res),
         )
-    return arr
 
 
 class SamPredictor:
     """Compute an image embedding once, then predict masks from prompts cheaply.
 
     Args:
-        sam_model: a :class:`~grounded_sam.model.sam.Sam` from :func:`grounded_sam.build_sam`.
+        sam_model: a SAM model from :func:`grounded_sam.build_sam` (any family).
     """
 
-    def __init__(self, sam_model: Sam) -> None:
-        if not isinstance(sam_model, torch.nn.Module) or not hasattr(sam_model, "image_encoder"):
+    def __init__(self, sam_model: SamBase) -> None:
+        if not isinstance(sam_model, SamBase):
             raise TypeError(
                 f"SamPredictor expects a Sam model (from build_sam), got {type(sam_model).__name__}"
             )
         self.model = sam_model
-        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.reset_image()
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
-    # ------------------------------------------------------------------ image
+    @property
+    def transform(self) -> ResizeLongestSide | None:
+        """SAM 1's resize-longest-side transform (Meta's ``predictor.transform``); ``None`` for
+        families that resize otherwise (SAM 2.1: square resize)."""
+        return getattr(self.model, "transform", None)
+
+    # ------------------------------------------------------------------ images
     def set_image(self, image: ImageLike, image_format: str = "RGB") -> None:
         """Compute the embedding of an image.
 
@@ -139,37 +89,68 @@ class SamPredictor:
                 (anything :func:`grounded_sam.load_image` accepts).
         """
         if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+            raise InputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         if isinstance(image, np.ndarray) and image_format != self.model.image_format:
             image = image[..., ::-1]
-        image = load_image(image)
-        input_image = self.transform.apply_image(image)
-        tensor = torch.as_tensor(input_image, device=self.device).permute(2, 0, 1)[None]
-        self.set_torch_image(tensor, image.shape[:2])
+        self.set_embedding(self.embed([load_image(image)])[0])
+
+    @torch.no_grad()
+    def embed(self, images: Sequence[np.ndarray], batch_size: int = 4) -> list[ImageEmbedding]:
+        """Embeddings of several (H, W, 3) uint8 RGB images, ``batch_size`` per encoder pass.
+
+        Does not change the current image. The result of each image equals that of
+        :meth:`set_image` on it alone (same model input, per-sample encoder arithmetic).
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        out: list[ImageEmbedding] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            prepared = [self.model.prepare_image(np.asarray(im)) for im in chunk]
+            x = torch.cat([p[0] for p in prepared])
+            features, high_res = self.model.encode(x)
+            for j, (im, (_, input_size)) in enumerate(zip(chunk, prepared, strict=True)):
+                out.append(
+                    ImageEmbedding(
+                        features[j : j + 1],
+                        (int(im.shape[0]), int(im.shape[1])),
+                        (int(input_size[0]), int(input_size[1])),
+                        tuple(t[j : j + 1] for t in high_res),
+                    )
+                )
+        return out
 
     @torch.no_grad()
     def set_torch_image(
         self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]
     ) -> None:
-        """Embed a (1, 3, h, w) image already resized with ``transform`` (long side 1024)."""
+        """SAM 1: embed a (1, 3, h, w) image already resized with ``transform`` (long side
+        1024), as Meta's ``set_torch_image``."""
+        if self.model.family != "sam":
+            raise InputError(
+                f"set_torch_image takes SAM 1's resized input; {self.model.name!r} is a "
+                f"{self.model.family!r} model: use set_image(image)"
+            )
         if (
             transformed_image.ndim != 4
             or transformed_image.shape[1] != 3
-            or max(*transformed_image.shape[2:]) != self.model.image_encoder.img_size
+            or max(*transformed_image.shape[2:]) != self.model.img_size
         ):
-            raise ValueError(
+            raise InputError(
                 "set_torch_image expects a (1, 3, h, w) batch whose long side is "
-                f"{self.model.image_encoder.img_size}, got shape {tuple(transformed_image.shape)}"
+                f"{self.model.img_size}, got shape {tuple(transformed_image.shape)}"
             )
         self.reset_image()
         original_size = (int(original_image_size[0]), int(original_image_size[1]))
         input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
         x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
-        features = encode_image(self.model, x)
-        self.set_embedding(ImageEmbedding(features, original_size, input_size))
+        features, high_res = self.model.encode(x)
+        self.set_embedding(ImageEmbedding(features, original_size, input_size, high_res))
 
     def set_embedding(self, embedding: ImageEmbedding) -> None:
-        """Reuse an embedding from :meth:`get_embedding` (no encoder pass)."""
+        """Make ``embedding`` (from :meth:`get_embedding` or :meth:`embed`) the current image;
+        no encoder pass."""
+        self.embedding = embedding
         self.features = embedding.features
         self.original_size = embedding.original_size
         self.input_size = embedding.input_size
@@ -180,7 +161,7 @@ class SamPredictor:
     def get_embedding(self) -> ImageEmbedding:
         """The current image's embedding and sizes, for caching."""
         self._require_image()
-        return ImageEmbedding(self.features, self.original_size, self.input_size)
+        return self.embedding
 
     def get_image_embedding(self) -> torch.Tensor:
         """(1, 256, 64, 64) embedding of the current image."""
@@ -189,6 +170,7 @@ class SamPredictor:
 
     def reset_image(self) -> None:
         self.is_image_set = False
+        self.embedding = None
         self.features = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size = self.input_size = None
@@ -198,6 +180,14 @@ class SamPredictor:
             raise RuntimeError("no image is set: call set_image() before predicting")
 
     # -------------------------------------------------------------- prompts
+    def _to_model_frame(self, coords: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(..., 2) xy pixels -> the model frame, computed in float64 as Meta's numpy
+        transform does (callers cast to float32 where Meta does)."""
+        t = torch.as_tensor(coords, device=self.device)
+        if not t.is_floating_point():
+            t = t.to(torch.float64)
+        return self.model.transform_coords(t, self.original_size, self.input_size)
+
     def predict(
         self,
         point_coords: np.ndarray | None = None,
@@ -224,44 +214,33 @@ class SamPredictor:
         coords_t = labels_t = box_t = mask_t = None
         if point_coords is not None or point_labels is not None:
             if point_coords is None or point_labels is None:
-                raise ValueError("point_coords and point_labels must be given together")
-            coords = _finite_array(point_coords, "point_coords")
-            labels = _finite_array(point_labels, "point_labels")
+                raise InputError("point_coords and point_labels must be given together")
+            coords = finite_array(point_coords, "point_coords")
+            labels = finite_array(point_labels, "point_labels")
             if coords.ndim != 2 or coords.shape[1] != 2:
-                raise ValueError(f"point_coords must have shape (N, 2), got {coords.shape}")
+                raise InputError(f"point_coords must have shape (N, 2), got {coords.shape}")
             if labels.shape != (coords.shape[0],):
-                raise ValueError(
+                raise InputError(
                     f"point_labels must have shape ({coords.shape[0]},) to match point_coords, "
                     f"got {labels.shape}"
                 )
             if not np.isin(labels, (0, 1)).all():
-                raise ValueError(
-                    f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(labels).tolist()}"
+                raise InputError(
+                    "point_labels must be 1 (foreground) or 0 (background), got "
+                    f"{np.unique(labels).tolist()}"
                 )
-            coords = self.transform.apply_coords(coords, self.original_size)
-            coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
+            coords_t = self._to_model_frame(coords)[None].float()
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
         if box is not None:
             b = check_boxes(box, "box")
             if b.shape[0] != 1:
-                raise ValueError(
+                raise InputError(
                     f"predict() takes one box of shape (4,) or (1, 4), got {b.shape}; "
                     "use predict_boxes() for several"
                 )
-            box_t = torch.as_tensor(
-                self.transform.apply_boxes(b, self.original_size),
-                dtype=torch.float,
-                device=self.device,
-            )[None]
+            box_t = self._to_model_frame(b.reshape(1, 2, 2)).reshape(1, 4).float()
         if mask_input is not None:
-            m = _finite_array(mask_input, "mask_input", dtype=np.float32)
-            expected = (1, *self.model.prompt_encoder.mask_input_size)
-            if m.shape != expected:
-                raise ValueError(
-                    f"mask_input must have shape {expected} (the low_res_logits of a previous call, "
-                    f"one mask), got {m.shape}"
-                )
-            mask_t = torch.as_tensor(m, device=self.device)[None]
+            mask_t = self._check_mask_input(mask_input)[None]
         masks, iou, low_res = self.predict_torch(
             coords_t,
             labels_t,
@@ -270,11 +249,17 @@ class SamPredictor:
             multimask_output=multimask_output,
             return_logits=return_logits,
         )
-        return (
-            masks[0].cpu().numpy(),
-            iou[0].float().cpu().numpy(),
-            low_res[0].float().cpu().numpy(),
-        )
+        return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
+
+    def _check_mask_input(self, mask_input: object) -> torch.Tensor:
+        m = finite_array(mask_input, "mask_input", dtype=np.float32)
+        expected = (1, *self.model.mask_input_size)
+        if m.shape != expected:
+            raise InputError(
+                f"mask_input must have shape {expected} (the low_res_logits of a previous call, "
+                f"one mask), got {m.shape}"
+            )
+        return torch.as_tensor(m, device=self.device)
 
     @torch.no_grad()
     def predict_torch(
@@ -286,7 +271,7 @@ class SamPredictor:
         multimask_output: bool = True,
         return_logits: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Batched prediction in the resized frame (coordinates from ``transform.apply_*_torch``).
+        """Batched prediction with prompts in the model-input frame.
 
         Args:
             point_coords: (B, N, 2); point_labels: (B, N); boxes: (B, 4); mask_input:
@@ -312,26 +297,62 @@ class SamPredictor:
         """One prompt-encoder + mask-decoder call: (low_res (B, C, 256, 256), iou (B, C))."""
         self._require_image()
         if (point_coords is None) != (point_labels is None):
-            raise ValueError("point_coords and point_labels must be given together")
+            raise InputError("point_coords and point_labels must be given together")
         if point_coords is not None:
             if point_coords.ndim != 3 or point_coords.shape[-1] != 2:
-                raise ValueError(f"point_coords must be (B, N, 2), got {tuple(point_coords.shape)}")
+                raise InputError(f"point_coords must be (B, N, 2), got {tuple(point_coords.shape)}")
             if tuple(point_labels.shape) != tuple(point_coords.shape[:2]):
-                raise ValueError(
-                    f"point_labels must be {tuple(point_coords.shape[:2])}, got {tuple(point_labels.shape)}"
+                raise InputError(
+                    f"point_labels must be {tuple(point_coords.shape[:2])}, got "
+                    f"{tuple(point_labels.shape)}"
                 )
         if boxes is not None and boxes.shape[-1] != 4:
-            raise ValueError(f"boxes must be (B, 4), got {tuple(boxes.shape)}")
-        points = (point_coords, point_labels) if point_coords is not None else None
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        return decode_masks(
-            self.model,
-            image_embeddings=self.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
+            raise InputError(f"boxes must be (B, 4), got {tuple(boxes.shape)}")
+        emb = self.embedding
+        return self.model.decode(
+            emb.features,
+            emb.high_res,
+            point_coords,
+            point_labels,
+            boxes,
+            mask_input,
+            multimask_output,
         )
+
+    @torch.no_grad()
+    def predict_low_res(
+        self,
+        point_coords: np.ndarray | torch.Tensor | None = None,
+        point_labels: np.ndarray | torch.Tensor | None = None,
+        boxes: np.ndarray | torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode a batch of prompts given in original-image pixels, without upsampling.
+
+        For callers that filter before paying for full-resolution masks (the automatic mask
+        generator) and then upsample the survivors with :meth:`postprocess`.
+
+        Args:
+            point_coords: (B, N, 2) xy pixels (float64 coordinates stay float64 into the
+                prompt encoder, as in Meta's automatic generator); point_labels: (B, N);
+                boxes: (B, 4) XYXY pixels; mask_input: (B, 1, 256, 256) logits.
+        Returns:
+            low-res logits (B, C, 256, 256) and predicted IoU (B, C), float32 on the device.
+        """
+        coords_t = labels_t = boxes_t = None
+        if point_coords is not None:
+            coords_t = self._to_model_frame(point_coords)
+            labels_t = torch.as_tensor(point_labels, dtype=torch.int, device=self.device)
+        if boxes is not None:
+            boxes_t = self._to_model_frame(torch.as_tensor(boxes).reshape(-1, 2, 2))
+            boxes_t = boxes_t.reshape(-1, 4).float()
+        return self._decode(coords_t, labels_t, boxes_t, mask_input, multimask_output)
+
+    def postprocess(self, low_res: torch.Tensor) -> torch.Tensor:
+        """(B, C, 256, 256) low-res logits of the current image -> (B, C, H, W) logits."""
+        self._require_image()
+        return self.model.postprocess_masks(low_res, self.input_size, self.original_size)
 
     @torch.no_grad()
     def predict_boxes(
@@ -352,17 +373,12 @@ class SamPredictor:
         if b.shape[0] == 0:
             dtype = np.float32 if return_logits else bool
             return np.zeros((0, c, h, w), dtype=dtype), np.zeros((0, c), dtype=np.float32)
-        boxes_t = torch.as_tensor(
-            self.transform.apply_boxes(b, self.original_size), dtype=torch.float, device=self.device
-        )
-        low_res, iou = self._decode(None, None, boxes_t, None, multimask_output)
+        low_res, iou = self.predict_low_res(boxes=b, multimask_output=multimask_output)
         out = np.empty((b.shape[0], c, h, w), dtype=np.float32 if return_logits else bool)
         chunk = 16  # bound the memory of full-resolution logits
         for i in range(0, b.shape[0], chunk):
-            m = self.model.postprocess_masks(
-                low_res[i : i + chunk], self.input_size, self.original_size
-            )
+            m = self.postprocess(low_res[i : i + chunk])
             out[i : i + chunk] = (
                 (m if return_logits else m > self.model.mask_threshold).cpu().numpy()
             )
-        return out, iou.float().cpu().numpy()
+        return out, iou.cpu().numpy()

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["instance_colors", "draw_overlay"]
+from grounded_sam.errors import InputError
+
+__all__ = ["draw_overlay", "draw_result", "instance_colors", "result_image"]
 
 _GOLDEN = 0.618033988749895
 
@@ -24,7 +26,7 @@ def instance_colors(n: int, seed_hue: float = 0.12) -> np.ndarray:
     occasional close hue.
     """
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise InputError(f"n must be >= 0, got {n}")
     out = np.zeros((n, 3), dtype=np.uint8)
     for i in range(n):
         hue = (seed_hue + i * _GOLDEN) % 1.0
@@ -79,30 +81,30 @@ def draw_overlay(
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(
+        raise InputError(
             f"image must be an (H, W, 3) uint8 RGB array, got shape {image.shape} dtype {image.dtype}"
         )
     h, w = image.shape[:2]
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 3 or masks.shape[1:] != (h, w):
-        raise ValueError(
+        raise InputError(
             f"masks must have shape (N, {h}, {w}) to match the image, got {masks.shape}"
         )
     n = masks.shape[0]
     if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        raise InputError(f"alpha must lie in [0, 1], got {alpha}")
     if boxes is not None:
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         if boxes.shape[0] != n:
-            raise ValueError(
+            raise InputError(
                 f"boxes must have shape ({n}, 4) to match the masks, got {boxes.shape}"
             )
     if labels is not None and len(labels) != n:
-        raise ValueError(f"labels must have {n} entries to match the masks, got {len(labels)}")
+        raise InputError(f"labels must have {n} entries to match the masks, got {len(labels)}")
     if scores is not None:
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         if scores.shape[0] != n:
-            raise ValueError(f"scores must have {n} entries to match the masks, got {scores.shape}")
+            raise InputError(f"scores must have {n} entries to match the masks, got {scores.shape}")
     colors = instance_colors(n) if colors is None else np.asarray(colors, dtype=np.uint8)
 
     out = image.astype(np.float32)
@@ -142,3 +144,34 @@ def draw_overlay(
         ink = (0, 0, 0) if luminance > 140 else (255, 255, 255)
         draw.text((tx + 2 - left, ty + 2 - top), text, fill=ink, font=font)
     return np.asarray(canvas)
+
+
+def result_image(result, image=None) -> np.ndarray:
+    """The image a :class:`~grounded_sam.result.Result` belongs to: ``image`` (anything
+    ``load_image`` accepts, checked to have the result's size) or the one the result keeps.
+
+    Raises:
+        InputError: no image given and none kept, or an image of another size.
+    """
+    from grounded_sam.io import load_image
+
+    if image is None:
+        if result.image is None:
+            raise InputError("this Result keeps no image: pass it, e.g. result.overlay(image=...)")
+        return result.image
+    img = load_image(image)
+    if img.shape[:2] != result.image_size:
+        raise InputError(
+            f"image has size {img.shape[:2]} but the result is for an image of size "
+            f"{result.image_size} (H, W)"
+        )
+    return img
+
+
+def draw_result(result, image=None, *, alpha: float = 0.5) -> np.ndarray:
+    """:func:`draw_overlay` of a :class:`~grounded_sam.result.Result` (masks, boxes, labels and
+    scores) on its image (see :func:`result_image`)."""
+    img = result_image(result, image)
+    return draw_overlay(
+        img, result.masks, result.boxes, result.labels, result.scores, alpha=float(alpha)
+    )

@@ -13,8 +13,11 @@ import pytest
 import torch
 
 from grounded_sam import AutomaticMaskGenerator, SamPredictor, _amg, build_sam
+from grounded_sam.errors import InputError
+from grounded_sam.masks import encode_rle, uncompressed_rle_to_mask
 from grounded_sam.testing.sam_refs import (
     meta_mobile_sam,
+    meta_modules_in_ours,
     meta_tiny_vit_sam,
     ours_tiny_vit_sam,
     save_checkpoint,
@@ -114,7 +117,7 @@ def test_identical_to_meta_when_driving_the_same_model(tiny_pair, chelsea):
     meta, _ = tiny_pair
     kw = dict(ONE_POINT, points_per_side=2, stability_score_thresh=0.001)
     ref = SamAutomaticMaskGenerator(meta, **kw).generate(chelsea)
-    ours = AutomaticMaskGenerator(meta, **kw).generate(chelsea)
+    ours = AutomaticMaskGenerator(meta_modules_in_ours(meta), **kw).generate(chelsea)
     assert len(ours) == len(ref) > 0
     for r, o in zip(ref, ours, strict=True):
         assert np.array_equal(r["segmentation"], o["segmentation"])
@@ -204,8 +207,10 @@ def test_parity_mobile_sam(setting, mobile_pair, slow_reference):
 
 
 # ----------------------------------------------------------------------------- helpers vs Meta
-def test_upscale_is_bit_identical_to_postprocess(tiny_pair):
-    _, ours = tiny_pair
+def test_postprocess_is_bit_identical_to_meta(tiny_pair):
+    """Our postprocess_masks upsamples only the rows/columns the crop keeps: same bits as
+    Meta's full 1024x1024 upsample."""
+    meta, ours = tiny_pair
     g = torch.Generator().manual_seed(0)
     low = torch.randn(3, 256, 256, generator=g)
     for input_size, original in [
@@ -213,8 +218,8 @@ def test_upscale_is_bit_identical_to_postprocess(tiny_pair):
         ((1024, 768), (200, 150)),
         ((1024, 1024), (64, 64)),
     ]:
-        expected = ours.postprocess_masks(low[:, None], input_size, original)[:, 0]
-        got = _amg.upscale_logits(low, 1024, input_size, original)
+        expected = meta.postprocess_masks(low[:, None], input_size, original)
+        got = ours.postprocess_masks(low[:, None], input_size, original)
         assert torch.equal(got, expected)
 
 
@@ -235,8 +240,8 @@ def test_boxes_stability_rle_match_meta():
     ours = _amg.masks_to_uncompressed_rle(masks)
     assert ours == meta_amg.mask_to_rle_pytorch(masks)
     for rle, m in zip(ours, masks, strict=True):
-        assert np.array_equal(_amg.rle_to_mask(rle), m.numpy())
-    coco = _amg.masks_to_coco_rle(masks)
+        assert np.array_equal(uncompressed_rle_to_mask(rle), m.numpy())
+    coco = encode_rle(masks.numpy())
     assert coco == [meta_amg.coco_encode_rle(r) for r in ours]
     boxes, layers = _amg.generate_crop_boxes((300, 451), 2, 512 / 1500)
     assert (boxes, layers) == meta_amg.generate_crop_boxes((300, 451), 2, 512 / 1500)
@@ -291,7 +296,7 @@ def test_output_modes_decode_to_the_same_masks(tiny_pair, chelsea, one_point_mas
     coco = AutomaticMaskGenerator(predictor, output_mode="coco_rle", **ONE_POINT).generate(chelsea)
     for m, u, c in zip(binary, unc, coco, strict=True):
         assert u["segmentation"]["size"] == list(chelsea.shape[:2])
-        assert np.array_equal(_amg.rle_to_mask(u["segmentation"]), m)
+        assert np.array_equal(uncompressed_rle_to_mask(u["segmentation"]), m)
         assert isinstance(c["segmentation"]["counts"], str)
         assert np.array_equal(mask_utils.decode(c["segmentation"]).astype(bool), m)
         assert u["area"] == c["area"] == int(m.sum())
@@ -370,7 +375,8 @@ def test_wrong_types(tiny_pair):
     _, ours = tiny_pair
     with pytest.raises(TypeError, match="Sam"):
         AutomaticMaskGenerator("mobile_sam")
-    with pytest.raises(TypeError, match="points_per_side"):
+    # a knob of the wrong type is bad input like a knob out of range: one InputError type
+    with pytest.raises(InputError, match="points_per_side"):
         AutomaticMaskGenerator(ours, points_per_side=2.5)
-    with pytest.raises(TypeError, match="pred_iou_thresh"):
+    with pytest.raises(InputError, match="pred_iou_thresh"):
         AutomaticMaskGenerator(ours, pred_iou_thresh="high")

@@ -169,8 +169,8 @@ def test_box_outside_the_image_is_an_error(tmp_path, good_png, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--text", ""], "is empty"),
-        (["--text", " . "], "is empty"),
+        (["--text", ""], "has no phrases"),
+        (["--text", " . "], "has no phrases"),
         (["--box", "1,2,3"], "X0,Y0,X1,Y1"),
         (["--box", "5,5,1,1"], "degenerate"),
         (["--box", "1,2,3,nan"], "finite"),
@@ -183,8 +183,14 @@ def test_box_outside_the_image_is_an_error(tmp_path, good_png, capsys):
         (["--text", "a cat", "--no-refine"], "--no-refine needs"),
         (["--point", "1,1", "--no-refine"], "--no-refine applies"),
         (["--text", "a cat", "--detector", "nope"], "unknown detector 'nope'"),
-        (["--text", "a cat", "--yolo", "x.pt"], "only apply to --detector yolo-clip"),
-        (["--text", "a cat", "--detector", "yolo-clip", "--text-threshold", "0.2"], "only apply"),
+        (
+            ["--text", "a cat", "--yolo", "x.pt"],
+            "--yolo does not apply to --detector grounding-dino",
+        ),
+        (
+            ["--text", "a cat", "--detector", "yolo-clip", "--text-threshold", "0.2"],
+            "--text-threshold does not apply to --detector yolo-clip",
+        ),
         (["--text", "a cat", "--box-threshold", "2"], "[0, 1]"),
         (["--point", "1,1", "--sam", "vit_q"], "vit_q"),
         (["--point", "1,1", "--sam-checkpoint", "/nonexistent/sam.pt"], "no such file"),

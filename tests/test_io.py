@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from grounded_sam import load_image
+from grounded_sam.errors import InputError
 
 
 def test_rgb_array_passthrough(chelsea):
@@ -108,7 +109,7 @@ def test_directory_is_an_error(tmp_path):
         (np.zeros((0, 5, 3), np.uint8), ValueError),
         (np.zeros((4, 5, 3, 2), np.uint8), ValueError),
         (np.zeros((4, 5, 7), np.uint8), ValueError),
-        (np.zeros((4, 5, 3), np.complex64), TypeError),
+        (np.zeros((4, 5, 3), np.complex64), InputError),
     ],
     ids=["zero-size", "4d", "7-channels", "complex"],
 )
@@ -118,7 +119,7 @@ def test_bad_arrays(arr, exc):
 
 
 def test_unsupported_type():
-    with pytest.raises(TypeError, match="expected a path"):
+    with pytest.raises(InputError, match="expected a path"):
         load_image(42)
 
 

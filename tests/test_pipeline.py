@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from grounded_sam import GroundedSAM, Result, SamPredictor, segment
+from grounded_sam.errors import InputError
 from grounded_sam.pipeline import clear_pipelines, get_pipeline
 from grounded_sam.testing.pipeline import (
     PHRASES,
@@ -167,9 +168,9 @@ def test_save_without_image_skips_overlay(tmp_path):
 
 def test_overlay_needs_an_image_of_the_right_size():
     r = _result(2, with_image=False)
-    with pytest.raises(RuntimeError, match="pass it"):
+    with pytest.raises(InputError, match="pass it"):
         r.overlay()
-    with pytest.raises(ValueError, match="size"):
+    with pytest.raises(InputError, match="size"):
         r.overlay(np.zeros((21, 30, 3), np.uint8))
     assert r.overlay(np.zeros((20, 30, 3), np.uint8)).shape == (20, 30, 3)
 
@@ -223,7 +224,7 @@ def stub_run():
 
 def test_text_prompt_one_encoder_and_one_decoder_call(stub_run):
     gs, det, r, enc, dec = stub_run
-    assert det.calls == [((H, W, 3), TEXT)]
+    assert det.calls == [((H, W, 3), ["a cat", "a dog"])]  # phrases parsed once, up front
     assert enc.calls == 1 and gs.encoder_calls == 1
     assert dec.calls == 1 and dec.batch_sizes == [2]  # both boxes in one decoder call
     assert len(r) == 2 and r.masks.shape == (2, H, W) and r.image_size == (H, W)
@@ -248,7 +249,8 @@ def test_batched_boxes_match_single_box_prediction(stub_run):
 def test_embedding_cache_reused_for_other_text(stub_run):
     gs, det, _, _, _ = stub_run
     sam = gs.sam
-    gs._detector = StubDetector([[10, 10, 60, 60]], [0.7], ["a dog"])
+    saved = det.boxes, det.scores, det.labels
+    det.boxes, det.scores, det.labels = np.array([[10, 10, 60, 60]], np.float32), [0.7], ["a dog"]
     try:
         with CallCounter(sam.image_encoder) as enc:
             r = gs.segment(small_chelsea().copy(), "a dog")  # same content, another array
@@ -260,11 +262,12 @@ def test_embedding_cache_reused_for_other_text(stub_run):
         assert enc.calls == 0
         assert p.labels == ["point"] and p.masks.shape == (1, H, W)
         assert p.scores[0] == p.mask_scores[0]
-        if p.masks[0].any():  # the box of a point prompt is the mask's bounding box
-            ys, xs = np.nonzero(p.masks[0])
-            np.testing.assert_allclose(p.boxes[0], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        # the box of a point prompt is the mask's bounding box (this prompt's mask is not empty)
+        assert p.masks[0].any()
+        ys, xs = np.nonzero(p.masks[0])
+        np.testing.assert_allclose(p.boxes[0], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
     finally:
-        gs._detector = det
+        det.boxes, det.scores, det.labels = saved
 
 
 def test_embedding_cache_is_bounded_lru():
@@ -272,11 +275,11 @@ def test_embedding_cache_is_bounded_lru():
     gs = GroundedSAM(StubDetector([], [], []), sam, cache_size=1)
     a, b = small_chelsea(), small_astronaut()
     with CallCounter(sam.image_encoder) as enc:
-        gs._set_image(a)
-        gs._set_image(b)  # evicts a
-        gs._set_image(b)  # hit
-        gs._set_image(a)  # miss again
-    assert enc.calls == 3 == gs.encoder_calls and len(gs._cache) == 1
+        gs.set_image(a)
+        gs.set_image(b)  # evicts a
+        gs.set_image(b)  # hit
+        gs.set_image(a)  # miss again
+    assert enc.calls == 3 == gs.encoder_calls and len(gs.cache) == 1
 
 
 def test_multimask_point_prompt_keeps_best_candidate(stub_run):
@@ -315,7 +318,7 @@ def test_box_prompts_are_clipped_and_labelled(stub_run):
         ({"text": "a cat", "boxes": [[1, 2, 30, 40]]}, ValueError, "not both"),
         ({"text": ""}, ValueError, "no phrases"),
         ({"text": " . "}, ValueError, "no phrases"),
-        ({"text": 3}, TypeError, "text must be"),
+        ({"text": 3}, InputError, "text must be"),
         ({"points": [[5, 5]], "boxes": [[1, 1, 9, 9], [2, 2, 8, 8]]}, ValueError, "one box"),
     ],
 )
@@ -341,7 +344,7 @@ def test_bad_images_raise_clear_errors(tmp_path):
         gs.segment_batch([small_chelsea(), tmp_path / "x.jpg"], "a cat")
     with pytest.raises(ValueError, match="not found"):
         gs.segment(tmp_path / "missing.png", "a cat")
-    with pytest.raises(TypeError, match="unsupported image input"):
+    with pytest.raises(InputError, match="unsupported image input"):
         gs.segment(12, "a cat")
 
 
@@ -366,24 +369,27 @@ def test_refine_false_returns_detector_masks():
     np.testing.assert_array_equal(r.masks, masks)
     np.testing.assert_allclose(r.mask_scores, [0.6])  # documented: detector score repeated
     gs_boxes_only = GroundedSAM(StubDetector([[1, 1, 9, 9]], [0.5], ["a cat"]), sam)
-    with pytest.raises(ValueError, match="returns boxes only"):
+    with pytest.raises(InputError, match="returned boxes only"):
         gs_boxes_only.segment(small_chelsea(), "a cat", refine_with_sam=False)
 
 
 def test_constructor_errors():
     with pytest.raises(ValueError, match="unknown detector 'nope'.*grounding-dino"):
         GroundedSAM("nope", tiny_sam())
-    with pytest.raises(TypeError, match="sam must be"):
+    with pytest.raises(InputError, match="sam must be"):
         GroundedSAM(StubDetector([], [], []), 3)
-    with pytest.raises(TypeError, match="only apply when the detector is given by name"):
+    with pytest.raises(InputError, match="only apply when the detector is given by name"):
         GroundedSAM(StubDetector([], [], []), tiny_sam(), box_threshold=0.3)
-    with pytest.raises(TypeError, match="detector must be"):
+    with pytest.raises(InputError, match="detector must be"):
         GroundedSAM(object(), tiny_sam())
     with pytest.raises(ValueError, match="cache_size"):
         GroundedSAM(StubDetector([], [], []), tiny_sam(), cache_size=0)
     # point/box prompts never build the named detector
     gs = GroundedSAM("grounding-dino", SamPredictor(tiny_sam()), model="/nonexistent/dir")
-    assert gs._detector is None and gs.sam is tiny_sam()
+    assert gs.sam is tiny_sam()
+    assert len(gs.segment(small_chelsea(), boxes=[[10, 10, 80, 90]])) == 1
+    with pytest.raises(InputError, match="directory not found"):  # built on the first text
+        gs.segment(small_chelsea(), "a cat")
 
 
 def test_segment_batch_encodes_in_one_pass_and_matches_single():
@@ -395,7 +401,7 @@ def test_segment_batch_encodes_in_one_pass_and_matches_single():
         results = gs.segment_batch(images, ["a cat", "a cat. a dog"])
     assert enc.calls == 1 and enc.batch_sizes == [2] and gs.encoder_calls == 2
     assert [r.image_size for r in results] == [(H, W), (160, 160)]
-    assert [t for _, t in det.calls] == ["a cat", "a cat. a dog"]
+    assert [t for _, t in det.calls] == [["a cat"], ["a cat", "a dog"]]
     assert results[0].timings["encoder"] == pytest.approx(results[1].timings["encoder"])
     for r in results:
         t = r.timings
@@ -406,22 +412,33 @@ def test_segment_batch_encodes_in_one_pass_and_matches_single():
     with CallCounter(sam.image_encoder) as enc:
         again = gs.segment_batch(images[1:], "a cat")  # one text for all; cached embedding
     assert enc.calls == 0 and len(again) == 1
-    with pytest.raises(ValueError, match="one per image"):
+    with pytest.raises(InputError, match="one per image"):
         gs.segment_batch(images, ["a cat", "a dog", "a bird"])
     assert gs.segment_batch([], "a cat") == []
 
 
-def test_module_level_segment_reuses_pipeline():
+def test_module_level_segment_reuses_pipeline_by_configuration():
+    """segment() keeps the pipeline of a configuration given by value (names, paths,
+    numbers); one holding an object is built fresh each call (never keyed by identity)."""
     clear_pipelines()
+    kw = dict(
+        detector="grounding-dino",
+        sam="mobile_sam",
+        sam_checkpoint=mobile_sam_checkpoint(),
+        device="cpu",
+        model=gdino_dir(),
+        box_threshold=gdino_threshold(2),
+    )
+    r1 = segment(small_chelsea(), "a cat. a dog.", **kw)
+    pipe = get_pipeline(**kw)
+    assert pipe is get_pipeline(**kw) and pipe.encoder_calls == 1
+    r2 = segment(small_chelsea(), "a cat. a dog.", **kw)
+    assert pipe.encoder_calls == 1  # the same pipeline: its embedding cache hit
+    np.testing.assert_array_equal(r1.masks, r2.masks)
+    assert get_pipeline(**{**kw, "box_threshold": 0.9}) is not pipe
     sam = tiny_sam()
     det = StubDetector([[20, 20, 100, 120]], [0.8], ["a cat"])
-    with CallCounter(sam.image_encoder) as enc:
-        r1 = segment(small_chelsea(), "a cat", detector=det, sam=sam)
-        r2 = segment(small_chelsea(), "a cat", detector=det, sam=sam)
-    assert enc.calls == 1 and len(det.calls) == 2
-    np.testing.assert_array_equal(r1.masks, r2.masks)
-    assert get_pipeline(det, sam) is get_pipeline(det, sam)
-    assert get_pipeline(det, sam) is not get_pipeline(StubDetector([], [], []), sam)
+    assert get_pipeline(det, sam) is not get_pipeline(det, sam)
     clear_pipelines()
 
 

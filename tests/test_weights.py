@@ -124,18 +124,19 @@ def to_bytes(obj) -> bytes:
 
 
 @pytest.fixture
-def tiny_check(monkeypatch) -> list[str]:
+def tiny_check():
     """Replace the SAM key/shape check by one for the tiny layout; records the names checked."""
     calls: list[str] = []
 
-    def check(name, state_dict, source):
-        calls.append(name)
-        got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    def check(entry, path, source):
+        calls.append(entry.name)
+        got = {k: tuple(v.shape) for k, v in weights.load_state_dict(path).items()}
         if got != TINY_SHAPES:
-            raise ValueError(f"{source} does not match SAM variant {name!r}: {sorted(got)}")
+            raise WeightsError(f"{source} does not match SAM variant {entry.name!r}: {sorted(got)}")
 
-    monkeypatch.setattr(weights, "_check_sam_state_dict", check)
-    return calls
+    previous = weights.register_verifier("sam", check)
+    yield calls
+    weights.register_verifier("sam", previous)
 
 
 def cache_files(cache: Path) -> list[str]:
@@ -335,7 +336,8 @@ def test_force_keeps_the_old_file_when_the_new_download_fails(mirror, home, tiny
 def test_fetch_with_real_sam_structure_check(mirror, home):
     """No stand-in: a random MobileSAM state dict passes the real key/shape check, vit_b's
     tiny stand-in file does not."""
-    build = pytest.importorskip("grounded_sam.model.build")
+    from grounded_sam.model import build
+
     sam = build.build_sam("mobile_sam", pretrained=False, device="cpu")
     sd = {
         k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
@@ -508,7 +510,7 @@ def test_sha256_pinned_entry_is_checked(server, home):
             weights.fetch("pinned-test")
         assert cache_files(home) == []
     finally:
-        weights._REGISTRY.pop("pinned-test", None)
+        weights.unregister("pinned-test")
 
 
 # ----------------------------------------------------------------------------- hub entries
@@ -559,7 +561,8 @@ def test_build_sam_fetches_official_vit_b_through_the_mirror(mirror, home):
     """Meta's own vit_b (random, perturbed) saved in the official format, served by HTTP,
     fetched and verified by ``build_sam("vit_b")`` with no checkpoint argument."""
     segment_anything = pytest.importorskip("segment_anything")
-    build = pytest.importorskip("grounded_sam.model.build")
+    from grounded_sam.model import build
+
     torch.manual_seed(0)
     ref = segment_anything.sam_model_registry["vit_b"]()
     sd = {k: v + 0.01 * torch.randn_like(v) for k, v in ref.state_dict().items()}

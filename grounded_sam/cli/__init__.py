@@ -1,21 +1,25 @@
-"""``grounded-sam`` command line: ``segment | everything | eval | weights``.
+"""``grounded-sam`` command line: ``segment | everything | eval | weights | label | export |
+finetune | app | export-onnx``.
 
 Each subcommand lives in its own module of this package and exposes
 ``add_parser(subparsers)``, which registers its arguments and sets ``func``.
 
-Exit codes: 0 ok, 2 bad input or arguments (one ``error: ...`` line on stderr, no
-traceback unless ``--debug``), 1 internal error, 130 interrupted.
+Exit codes: 0 ok; 2 bad input or arguments: exactly the errors of
+:mod:`grounded_sam.errors` (one ``error: ...`` line on stderr, no traceback unless
+``--debug``); 1 internal error (anything else: a bug, reported with a short message and the
+``--debug`` hint); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import traceback
 from collections.abc import Sequence
 
-from grounded_sam.cli._common import UsageError
+from grounded_sam.errors import GroundedSAMError
 
 __all__ = ["main", "build_parser"]
 
@@ -25,7 +29,15 @@ _COMMANDS = {
     "everything": "grounded_sam.cli.everything",
     "eval": "grounded_sam.cli.evaluate",
     "weights": "grounded_sam.cli.weights",
+    "label": "grounded_sam.cli.label",
+    "export": "grounded_sam.cli.export",
+    "finetune": "grounded_sam.cli.finetune",
+    "app": "grounded_sam.cli.app",
+    "export-onnx": "grounded_sam.cli.export_onnx",
 }
+
+# "-30,10,100,90" or "-5": a negative number (list) meant as an option's value
+_NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d)[\d.,eE+-]*$")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,14 +70,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """``["--box", "-30,10,100,90"]`` -> ``["--box=-30,10,100,90"]``.
+
+    argparse reads a token starting with ``-`` as an option unless it is a plain negative
+    number, so a negative coordinate list after a flag would fail to parse; joining it to its
+    flag with ``=`` is argparse's own way to pass such a value.
+    """
+    out: list[str] = []
+    for token in argv:
+        prev = out[-1] if out else ""
+        if (
+            _NEGATIVE_VALUE.match(token)
+            and prev.startswith("--")
+            and "=" not in prev
+            and len(prev) > 2
+        ):
+            out[-1] = f"{prev}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
     debug = bool(getattr(args, "debug", False))
     try:
         code = args.func(args)
         return int(code or 0)
-    except (UsageError, ValueError, TypeError, FileNotFoundError) as e:
+    except GroundedSAMError as e:
         if debug:
             traceback.print_exc()
         sys.stderr.write(f"error: {e}\n")

@@ -15,7 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from grounded_sam.cli._common import UsageError, add_debug_arg, add_sam_args
+from grounded_sam.cli._common import (
+    UsageError,
+    _flag_dest,
+    add_debug_arg,
+    add_detector_args,
+    add_sam_args,
+    detector_kwargs,
+)
 
 __all__ = ["add_parser"]
 
@@ -28,23 +35,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    import yaml
-
-    key, sep, raw = text.partition("=")
-    key = key.strip().replace("-", "_")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(
-            f"expected KEY=VALUE (e.g. box_threshold=0.35 or model=IDEA-Research/grounding-dino-base), "
-            f"got {text!r}"
-        )
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -76,21 +66,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     data.add_argument("--masks", metavar="DIR", help="folder of masks named like the images")
     data.add_argument("--prompt", help="with --masks: the text prompt for every image")
     run = parser.add_argument_group("pipeline")
-    run.add_argument(
-        "--detector",
-        metavar="NAME",
-        help="a registered detector (grounding-dino, yolo-clip, ...) or gt-boxes (ground-truth boxes)",
-    )
-    run.add_argument(
-        "-D",
-        "--detector-arg",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="detector option, repeatable (e.g. -D box_threshold=0.35 -D model=PATH)",
-    )
     add_sam_args(run)
+    add_detector_args(
+        parser, default=None, extra_detectors=("gt-boxes",), group_title="detector (or gt-boxes)"
+    )
     run.add_argument(
         "--no-sam-refine",
         action="store_true",
@@ -196,7 +175,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         sam=args.sam,
         sam_checkpoint=args.sam_checkpoint,
         precision=args.precision,
-        detector_args=dict(args.detector_arg),
+        detector_args=detector_kwargs(args, skip=("gt-boxes",)),
         device=args.device,
         refine_with_sam=not args.no_sam_refine,
         multimask_output=args.multimask,
@@ -223,7 +202,11 @@ def _cmd_grid(args: argparse.Namespace) -> int:
             ("--masks", args.masks),
             ("--images", args.images),
             ("--detector", args.detector),
-            ("--detector-arg", args.detector_arg),
+            ("-D", args.detector_option),
+            *(
+                (flag, getattr(args, _flag_dest(flag)) is not None)
+                for flag in getattr(args, "_detector_flags", [])
+            ),
             ("--sam-checkpoint", args.sam_checkpoint),
             ("--precision", args.precision != "fp32"),
             ("--name", args.name),

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from collections import Counter
 from pathlib import Path
 
 from grounded_sam.cli._common import (
     UsageError,
     add_debug_arg,
+    add_detector_args,
     add_sam_args,
     check_output_args,
+    detector_kwargs,
     run_per_image,
 )
 
 __all__ = ["add_parser", "parse_point", "parse_box"]
-
-_GDINO = "grounding-dino"
-_YOLO_CLIP = "yolo-clip"
 
 
 def _floats(text: str, what: str, counts: tuple[int, ...], form: str) -> list[float]:
@@ -68,16 +66,6 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return x0, y0, x1, y1
 
 
-def _threshold(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``segment`` on ``subparsers``."""
     parser = subparsers.add_parser(
@@ -90,9 +78,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     add_debug_arg(parser)
-    if hasattr(parser, "_negative_number_matcher"):
-        # let "--box -30,10,100,90" read as a value (argparse only knows plain "-30" by default)
-        parser._negative_number_matcher = re.compile(r"^-\d[\d.,eE+-]*$|^-\.\d[\d.,eE+-]*$")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--text", default=None, metavar="T", help="prompt, e.g. 'a cat. a dog.'")
     parser.add_argument(
@@ -111,43 +96,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="X0,Y0,X1,Y1",
         help="box prompt in pixels (clipped to the image); repeatable, one instance per box",
     )
-    parser.add_argument(
-        "--detector",
-        default=_GDINO,
-        metavar="NAME",
-        help=f"{_GDINO} (default), {_YOLO_CLIP} or a registered detector name",
-    )
-    parser.add_argument(
-        "--detector-model",
-        default=None,
-        metavar="ID|DIR",
-        help=f"{_GDINO}: hub id or local save_pretrained folder",
-    )
-    parser.add_argument("--yolo", default=None, metavar="NAME|PATH", help=f"{_YOLO_CLIP}: YOLO-seg")
-    parser.add_argument(
-        "--clip", default=None, metavar="NAME", help=f"{_YOLO_CLIP}: open_clip model"
-    )
-    parser.add_argument(
-        "--clip-pretrained",
-        default=None,
-        metavar="TAG|PATH",
-        help=f"{_YOLO_CLIP}: open_clip pretrained tag or state-dict file",
-    )
     add_sam_args(parser)
-    parser.add_argument(
-        "--box-threshold",
-        type=_threshold,
-        default=None,
-        metavar="F",
-        help=f"minimum detection score ({_GDINO}: box_threshold; {_YOLO_CLIP}: score_threshold)",
-    )
-    parser.add_argument(
-        "--text-threshold",
-        type=_threshold,
-        default=None,
-        metavar="F",
-        help=f"{_GDINO}: minimum phrase-token score",
-    )
+    add_detector_args(parser)
     parser.add_argument(
         "--multimask",
         action="store_true",
@@ -156,73 +106,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-refine",
         action="store_true",
-        help=f"{_YOLO_CLIP}: keep the YOLO masks, skip SAM",
+        help="keep the detector's own masks (yolo-clip: FastSAM-style), skip SAM",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.set_defaults(func=run)
     return parser
 
 
-def _detector_kwargs(args: argparse.Namespace) -> dict:
-    """Map the detector options onto the chosen detector's constructor arguments."""
-    name = args.detector
-    gdino_only = {"--detector-model": args.detector_model, "--text-threshold": args.text_threshold}
-    yolo_only = {
-        "--yolo": args.yolo,
-        "--clip": args.clip,
-        "--clip-pretrained": args.clip_pretrained,
-    }
-    kw: dict = {}
-    if name == _GDINO:
-        wrong = [k for k, v in yolo_only.items() if v is not None]
-        if wrong:
-            raise UsageError(f"{', '.join(wrong)} only apply to --detector {_YOLO_CLIP}")
-        if args.detector_model is not None:
-            kw["model"] = args.detector_model
-        if args.box_threshold is not None:
-            kw["box_threshold"] = args.box_threshold
-        if args.text_threshold is not None:
-            kw["text_threshold"] = args.text_threshold
-    elif name == _YOLO_CLIP:
-        wrong = [k for k, v in gdino_only.items() if v is not None]
-        if wrong:
-            raise UsageError(f"{', '.join(wrong)} only apply to --detector {_GDINO}")
-        for key, value in (
-            ("yolo", args.yolo),
-            ("clip", args.clip),
-            ("clip_pretrained", args.clip_pretrained),
-            ("score_threshold", args.box_threshold),
-        ):
-            if value is not None:
-                kw[key] = value
-    else:  # third-party detector: pass what was given under the generic names
-        wrong = [k for k, v in {**gdino_only, **yolo_only}.items() if v is not None]
-        wrong = [k for k in wrong if k != "--text-threshold"]
-        if wrong:
-            raise UsageError(f"{', '.join(wrong)} do not apply to --detector {name}")
-        if args.box_threshold is not None:
-            kw["box_threshold"] = args.box_threshold
-        if args.text_threshold is not None:
-            kw["text_threshold"] = args.text_threshold
-    return kw
-
-
 def _check_args(args: argparse.Namespace) -> None:
     prompts = args.point is not None or args.box is not None
     if args.text is not None:
-        if not args.text.replace(".", " ").strip():
-            raise UsageError(f"--text {args.text!r} is empty; give e.g. --text 'a cat. a dog.'")
+        from grounded_sam.phrases import parse_phrases
+
+        args.text = parse_phrases(args.text)  # the one parse; an empty prompt fails here
         if prompts:
             raise UsageError("give --text or --point/--box, not both")
     elif not prompts:
         raise UsageError("nothing to segment: give --text T, or --point X,Y / --box X0,Y0,X1,Y1")
     if args.no_refine and args.text is None:
         raise UsageError("--no-refine applies to --text prompts (detector masks) only")
-    if args.no_refine and args.detector == _GDINO:
-        raise UsageError(
-            f"--no-refine needs a detector that returns masks (--detector {_YOLO_CLIP}); "
-            f"{_GDINO} gives boxes only"
-        )
+    if args.no_refine and args.text is not None:
+        from grounded_sam.detectors.base import detector_capabilities
+
+        if not detector_capabilities(args.detector)["returns_masks"]:
+            raise UsageError(
+                f"--no-refine needs a detector that returns masks (e.g. --detector yolo-clip); "
+                f"{args.detector} gives boxes only"
+            )
     if args.point is not None and args.box is not None and len(args.box) > 1:
         raise UsageError(
             f"--point can be combined with one --box, got {len(args.box)} boxes; "
@@ -243,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     from grounded_sam.pipeline import GroundedSAM
 
     _check_args(args)
-    kw = _detector_kwargs(args) if args.text is not None else {}
+    kw = detector_kwargs(args) if args.text is not None else {}
     out = check_output_args(args)
     pipe = GroundedSAM(
         args.detector,

@@ -5,6 +5,10 @@
     det = build_detector("grounding-dino")          # or "yolo-clip", or an entry-point name
     dets = det.detect(image, "a cat. a dog.")       # Detections(boxes, scores, labels, masks)
 
+Every detector receives the phrases of :func:`grounded_sam.phrases.parse_phrases` and labels
+each box with one of them as written. Detectors declare their options (:class:`Option`) and
+capabilities; the CLI builds the same flags from them for every subcommand.
+
 The detector classes import transformers / ultralytics / open_clip only when built.
 """
 
@@ -15,9 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from grounded_sam.detectors.base import (
     ENTRY_POINT_GROUP,
+    BaseDetector,
     Detections,
     Detector,
+    Option,
     build_detector,
+    detector_capabilities,
+    detector_options,
     list_detectors,
     normalize_phrases,
     register_detector,
@@ -30,9 +38,13 @@ _LAZY = {
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "BaseDetector",
     "Detections",
     "Detector",
+    "Option",
     "build_detector",
+    "detector_capabilities",
+    "detector_options",
     "list_detectors",
     "normalize_phrases",
     "register_detector",

@@ -9,19 +9,29 @@ discovered through the ``grounded_sam.detectors`` entry-point group.
 from __future__ import annotations
 
 import importlib
+import inspect
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from grounded_sam.io import ImageLike
+from grounded_sam.errors import InputError, MissingDependency
+from grounded_sam.io import ImageLike, load_image
+from grounded_sam.phrases import parse_phrases
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "BaseDetector",
     "Detections",
     "Detector",
+    "Option",
+    "detector_capabilities",
+    "detector_factory",
+    "detector_options",
     "build_detector",
     "list_detectors",
     "normalize_phrases",
@@ -136,51 +146,129 @@ class Detections:
 class Detector(Protocol):
     """Anything with ``detect(image, text) -> Detections``.
 
-    ``image`` is anything ``grounded_sam.load_image`` accepts; ``text`` is ``"a cat. a dog."``
-    or ``["a cat", "a dog"]``. Every returned label must be one of the normalised phrases.
+    ``image`` is an ``(H, W, 3)`` uint8 RGB array (built-in detectors also take anything
+    ``grounded_sam.load_image`` accepts); ``text`` is ``"a cat. a dog."`` or a list of phrases.
+    The pipeline always passes the list :func:`grounded_sam.phrases.parse_phrases` returns,
+    and every returned label must be one of those phrases, exactly as given.
+
+    Optional class attributes declare what the detector takes and gives (see
+    :class:`BaseDetector`): ``options`` (a tuple of :class:`Option`), ``returns_masks``,
+    ``accepts_device``. Without them, options are read from the constructor's signature.
     """
 
     def detect(self, image: ImageLike, text: str | Sequence[str]) -> Detections: ...
 
 
-def normalize_phrases(text: str | Sequence[str], *, lowercase: bool = False) -> list[str]:
-    """Split and clean a text prompt into phrases.
+@dataclass(frozen=True)
+class Option:
+    """A keyword option of a detector, declared once and used by the Python API and the CLI.
 
-    ``"A cat. a dog."`` and ``["a cat", "a dog"]`` both give ``["a cat", "a dog"]`` (with
-    ``lowercase=True``). Each item is split on ``"."``, whitespace is collapsed, empty phrases
-    are dropped and duplicates removed (first occurrence kept, order preserved).
-
-    Raises:
-        TypeError: ``text`` is not a string or a list/tuple of strings.
-        ValueError: no phrase is left.
+    Attributes:
+        name: the constructor keyword, e.g. ``"box_threshold"``.
+        type: ``float``, ``int``, ``str``, ``bool`` or ``Path``: how a CLI string is parsed.
+        default: the constructor's default (shown in ``--help``).
+        help: one line for ``--help``.
+        flag: the CLI flag; default ``--`` + ``name`` with dashes (``--box-threshold``).
+            Detectors may share a flag for the same meaning (``yolo-clip`` maps
+            ``--box-threshold`` onto its ``score_threshold``).
+        unit: ``True`` for numbers that must lie in [0, 1].
+        metavar: the CLI placeholder.
     """
-    if isinstance(text, str):
-        items = [text]
-    elif isinstance(text, (list, tuple)):
-        bad = [t for t in text if not isinstance(t, str)]
-        if bad:
-            raise TypeError(
-                f"text must be a string or a list of strings, got a list containing "
-                f"{type(bad[0]).__name__} ({bad[0]!r})"
-            )
-        items = list(text)
-    else:
-        raise TypeError(
-            f"text must be a string like 'a cat. a dog.' or a list of strings, "
-            f"got {type(text).__name__}"
-        )
-    phrases: list[str] = []
-    for item in items:
-        for part in item.split("."):
-            phrase = " ".join(part.split())
-            if lowercase:
-                phrase = phrase.lower()
-            if phrase and phrase not in phrases:
-                phrases.append(phrase)
-    if not phrases:
-        raise ValueError(
-            f"text prompt {text!r} has no phrases; give e.g. 'a cat. a dog.' or ['a cat', 'a dog']"
-        )
+
+    name: str
+    type: type = str
+    default: Any = None
+    help: str = ""
+    flag: str | None = None
+    unit: bool = False
+    metavar: str | None = None
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def parse(self, value: Any, where: str = "") -> Any:
+        """Convert a CLI string (or a YAML-parsed ``-D`` value) to this option's type.
+
+        Raises:
+            InputError: a value of the wrong type or out of range, naming ``where`` it came from.
+        """
+        where = where or self.cli_flag
+        if value is None:
+            return None
+        try:
+            if self.type is bool:
+                if isinstance(value, bool):
+                    out: Any = value
+                elif str(value).strip().lower() in ("1", "true", "yes", "on"):
+                    out = True
+                elif str(value).strip().lower() in ("0", "false", "no", "off"):
+                    out = False
+                else:
+                    raise ValueError(value)
+            elif self.type is int:
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise ValueError(value)
+                out = int(value)
+            elif self.type is float:
+                if isinstance(value, bool):
+                    raise ValueError(value)
+                out = float(value)
+            elif self.type is Path:
+                out = Path(os.path.expanduser(str(value)))
+            else:
+                out = (
+                    value
+                    if not isinstance(value, (int, float)) or self.type is not str
+                    else str(value)
+                )
+        except (TypeError, ValueError):
+            raise InputError(
+                f"{where} expects {'a number' if self.type in (int, float) else self.type.__name__}"
+                f", got {value!r}"
+            ) from None
+        if self.unit and not (isinstance(out, (int, float)) and 0.0 <= out <= 1.0):
+            raise InputError(f"{where} expects a number in [0, 1], got {value!r}")
+        return out
+
+
+class BaseDetector:
+    """Base class of the built-in detectors: declared options and capabilities, and text
+    parsed by the one phrase parser before :meth:`detect_phrases` sees it.
+
+    Subclasses set ``name``, ``options``, ``returns_masks``, ``accepts_device`` and implement
+    :meth:`detect_phrases`. ``detect_batch`` may be overridden where batching is faster; its
+    results must equal one-by-one :meth:`detect` calls.
+    """
+
+    name: ClassVar[str] = ""
+    options: ClassVar[tuple[Option, ...]] = ()
+    returns_masks: ClassVar[bool] = False
+    accepts_device: ClassVar[bool] = True
+
+    def detect(self, image: ImageLike, text: str | Sequence[str]) -> Detections:
+        """Boxes for every phrase of ``text`` in ``image``; labels are the phrases as parsed by
+        :func:`grounded_sam.phrases.parse_phrases` (case kept)."""
+        return self.detect_phrases(load_image(image), parse_phrases(text))
+
+    def detect_batch(
+        self, images: Sequence[np.ndarray], phrases: Sequence[str]
+    ) -> list[Detections]:
+        """:meth:`detect_phrases` of each image with the same phrases (one by one unless a
+        subclass batches)."""
+        return [self.detect_phrases(im, list(phrases)) for im in images]
+
+    def detect_phrases(self, image: np.ndarray, phrases: list[str]) -> Detections:
+        """``image`` (H, W, 3) uint8 RGB, ``phrases`` already parsed -> :class:`Detections`."""
+        raise NotImplementedError
+
+
+def normalize_phrases(text: str | Sequence[str], *, lowercase: bool = False) -> list[str]:
+    """Earlier name of :func:`grounded_sam.phrases.parse_phrases`; ``lowercase=True`` also
+    lower-cases the phrases."""
+    phrases = parse_phrases(text)
+    if lowercase:
+        phrases = list(dict.fromkeys(p.lower() for p in phrases))
     return phrases
 
 
@@ -193,7 +281,7 @@ def resolve_device(device: Any = None) -> Any:
     try:
         return torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"invalid device {device!r}; expected e.g. 'cpu', 'cuda', 'cuda:0'") from e
+        raise InputError(f"invalid device {device!r}; expected e.g. 'cpu', 'cuda', 'cuda:0'") from e
 
 
 # name -> "module:attr" (lazy) or a callable returning a Detector.
@@ -210,11 +298,11 @@ def register_detector(name: str) -> Callable[[Callable[..., Detector]], Callable
     For a reusable package, prefer an entry point in the ``grounded_sam.detectors`` group.
     """
     if not isinstance(name, str) or not name:
-        raise ValueError(f"detector name must be a non-empty string, got {name!r}")
+        raise InputError(f"detector name must be a non-empty string, got {name!r}")
 
     def decorator(factory: Callable[..., Detector]) -> Callable[..., Detector]:
         if name in _BUILTIN:
-            raise ValueError(f"{name!r} is a built-in detector name; pick another name")
+            raise InputError(f"{name!r} is a built-in detector name; pick another name")
         _REGISTERED[name] = factory
         return factory
 
@@ -222,11 +310,7 @@ def register_detector(name: str) -> Callable[[Callable[..., Detector]], Callable
 
 
 def _entry_points() -> dict[str, metadata.EntryPoint]:
-    try:
-        eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
-    except TypeError:  # Python < 3.10 API
-        eps = metadata.entry_points().get(ENTRY_POINT_GROUP, [])  # type: ignore[union-attr]
-    return {ep.name: ep for ep in eps}
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def list_detectors() -> list[str]:
@@ -234,7 +318,19 @@ def list_detectors() -> list[str]:
     return sorted({*_BUILTIN, *_REGISTERED, *_entry_points()})
 
 
-def _load_factory(name: str) -> Callable[..., Detector]:
+def _unknown(name: str) -> InputError:
+    return InputError(f"unknown detector {name!r}; known detectors: {', '.join(list_detectors())}")
+
+
+def detector_factory(name: str) -> Callable[..., Detector]:
+    """The class (or factory) registered as ``name``, imported on demand.
+
+    Raises:
+        InputError: unknown name (the message lists the known ones).
+        MissingDependency: the entry point's package fails to import for a missing module.
+    """
+    if not isinstance(name, str):
+        raise InputError(f"detector name must be a string, got {type(name).__name__}")
     if name in _BUILTIN:
         module, attr = _BUILTIN[name].split(":")
         return getattr(importlib.import_module(module), attr)
@@ -244,13 +340,61 @@ def _load_factory(name: str) -> Callable[..., Detector]:
     if name in eps:
         try:
             return eps[name].load()
-        except Exception as e:
-            raise RuntimeError(
+        except ImportError as e:
+            raise MissingDependency(
                 f"detector {name!r} is declared by the entry point {eps[name].value!r} "
                 f"(group {ENTRY_POINT_GROUP!r}) but failed to import: {e}; "
                 "reinstall the package that provides it"
             ) from e
-    raise ValueError(f"unknown detector {name!r}; known detectors: {', '.join(list_detectors())}")
+    raise _unknown(name)
+
+
+_SIGNATURE_TYPES = {"float": float, "int": int, "str": str, "bool": bool}
+
+
+def detector_options(name: str) -> tuple[Option, ...]:
+    """The options of detector ``name``: its declared ``options``, or for a detector that
+    declares none, one :class:`Option` per keyword parameter of its constructor (type from
+    the annotation or the default value; ``device`` excluded)."""
+    factory = detector_factory(name)
+    declared = getattr(factory, "options", None)
+    if declared is not None and not callable(declared):
+        return tuple(declared)
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    out = []
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in ("self", "device"):
+            continue
+        ann = (
+            p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+        )
+        typ = _SIGNATURE_TYPES.get(str(ann).split("|")[0].strip())
+        if typ is None and p.default is not p.empty and p.default is not None:
+            typ = type(p.default) if type(p.default) in (float, int, str, bool) else str
+        out.append(Option(p.name, typ or str, None if p.default is p.empty else p.default))
+    return tuple(out)
+
+
+def detector_capabilities(name: str) -> dict[str, bool]:
+    """``{"returns_masks": ..., "accepts_device": ...}`` of detector ``name``.
+
+    Undeclared: ``returns_masks`` False, ``accepts_device`` True when its constructor has a
+    ``device`` parameter.
+    """
+    factory = detector_factory(name)
+    accepts = getattr(factory, "accepts_device", None)
+    if accepts is None:
+        try:
+            accepts = "device" in inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            accepts = False
+    return {
+        "returns_masks": bool(getattr(factory, "returns_masks", False)),
+        "accepts_device": bool(accepts),
+    }
 
 
 def build_detector(name: str, **kwargs: Any) -> Detector:
@@ -259,13 +403,27 @@ def build_detector(name: str, **kwargs: Any) -> Detector:
     Example: ``build_detector("grounding-dino", box_threshold=0.35)``.
 
     Raises:
-        TypeError: ``name`` is not a string.
-        ValueError: unknown name (the message lists the known ones) or bad keyword values.
+        InputError: unknown name (the message lists the known ones), an option the detector
+            does not take (the message lists those it takes), or bad option values.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"detector name must be a string, got {type(name).__name__}")
-    factory = _load_factory(name)
-    detector = factory(**kwargs)
+    factory = detector_factory(name)
+    declared = getattr(factory, "options", None)
+    if declared is not None and not callable(declared):
+        known = {o.name for o in declared} | (
+            {"device"} if detector_capabilities(name)["accepts_device"] else set()
+        )
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise InputError(
+                f"detector {name!r} takes no option {', '.join(map(repr, unknown))}; its options: "
+                f"{', '.join(sorted(known))}"
+            )
+    try:
+        detector = factory(**kwargs)
+    except TypeError as e:
+        if "unexpected keyword argument" in str(e) or "got an unexpected" in str(e):
+            raise InputError(f"detector {name!r}: {e}") from e
+        raise
     if not callable(getattr(detector, "detect", None)):
         raise TypeError(
             f"detector {name!r} built a {type(detector).__name__} without a detect(image, text) method"

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from grounded_sam.detectors.base import Detections, normalize_phrases, resolve_device
-from grounded_sam.io import ImageLike, load_image
+from grounded_sam.detectors.base import BaseDetector, Detections, Option, resolve_device
+from grounded_sam.errors import InputError, MissingDependency
 
 __all__ = ["GroundingDinoDetector", "DEFAULT_MODEL"]
 
@@ -29,7 +29,7 @@ def _import_transformers() -> Any:
     try:
         import transformers
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
+        raise MissingDependency(
             f"the 'grounding-dino' detector needs transformers; install it with {_INSTALL_HINT}"
         ) from e
     return transformers
@@ -45,35 +45,22 @@ def _looks_like_path(model: str) -> bool:
     )
 
 
-def _hf_offline() -> bool:
-    truthy = {"1", "true", "yes", "on"}
-    if any(
-        os.environ.get(v, "").strip().lower() in truthy
-        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    ):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(getattr(constants, "HF_HUB_OFFLINE", False))
-    except ImportError:  # pragma: no cover
-        return False
-
-
 def _check_threshold(name: str, value: Any, *, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        raise InputError(f"{name} must be a number in [0, 1], got {value!r}")
     return float(value)
 
 
-class GroundingDinoDetector:
+class GroundingDinoDetector(BaseDetector):
     """Open-vocabulary boxes from Grounding DINO.
 
     Args:
-        model: a Hugging Face hub id (default ``IDEA-Research/grounding-dino-tiny``; ``-base``
-            too) or a local directory written by ``save_pretrained`` (model + processor).
+        model: a weights-registry name (``grounding-dino-tiny``, ``grounding-dino-base``), a
+            Hugging Face hub id (default ``IDEA-Research/grounding-dino-tiny``), both resolved
+            through :func:`grounded_sam.hub.fetch_hf` (cached, offline-aware), or a local
+            directory written by ``save_pretrained`` (model + processor).
         box_threshold: keep queries whose score (max sigmoid token logit) is ``> box_threshold``.
         text_threshold: passed to transformers' post-processing, where it only selects tokens
             of the decoded label span; labels here are whole phrases chosen by their token
@@ -84,9 +71,33 @@ class GroundingDinoDetector:
         device: ``None`` -> ``cuda`` if available else ``cpu``.
 
     Raises:
-        ValueError: bad thresholds, a missing local directory, or a hub id that is neither
-            cached nor downloadable (e.g. ``HF_HUB_OFFLINE=1``).
+        InputError: bad thresholds or a missing local directory.
+        WeightsError: a hub model that is neither cached nor downloadable (offline: at once).
     """
+
+    name = "grounding-dino"
+    options = (
+        Option(
+            "model",
+            str,
+            DEFAULT_MODEL,
+            "Grounding DINO: registry name, hub id or local save_pretrained folder",
+            flag="--detector-model",
+            metavar="ID|DIR",
+        ),
+        Option("box_threshold", float, 0.3, "minimum detection score", unit=True, metavar="F"),
+        Option("text_threshold", float, 0.25, "minimum phrase-token score", unit=True, metavar="F"),
+        Option(
+            "nms_threshold",
+            float,
+            None,
+            "class-aware NMS at this IoU (default: none)",
+            unit=True,
+            metavar="F",
+        ),
+    )
+    returns_masks = False
+    accepts_device = True
 
     def __init__(
         self,
@@ -109,19 +120,16 @@ class GroundingDinoDetector:
         import torch  # noqa: F401  (transformers' torch backend)
 
         source = self._resolve_source(model)
+        folder = source if isinstance(source, Path) else self._fetch(source)
         try:
-            self.processor, self.model = self._load(transformers, source)
+            loaders = (transformers.AutoProcessor, transformers.AutoModelForZeroShotObjectDetection)
+            self.processor, self.model = (cls.from_pretrained(folder) for cls in loaders)
         except Exception as e:
-            if isinstance(source, Path):
-                raise ValueError(
-                    f"could not load a Grounding DINO model from directory {str(source)!r}: {e}. "
-                    "Expected the output of model.save_pretrained(dir) and processor.save_pretrained(dir)"
-                ) from e
-            raise ValueError(
-                f"could not load Grounding DINO {source!r}: it is not in the Hugging Face cache and "
-                f"could not be downloaded ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
-                f"Download it once while online (`hf download {source}`; afterwards HF_HUB_OFFLINE=1 "
-                "finds it in the cache) or pass model=<local directory written by save_pretrained>"
+            raise InputError(
+                f"could not load a Grounding DINO model from {str(folder)!r} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}). "
+                "Expected the output of model.save_pretrained(dir) and "
+                "processor.save_pretrained(dir)"
             ) from e
         self.model.to(self.device).eval()
         self.model_name = str(source)
@@ -132,17 +140,12 @@ class GroundingDinoDetector:
         self._box_kw = "threshold" if "threshold" in params else "box_threshold"
 
     @staticmethod
-    def _load(transformers: Any, source: str | Path) -> tuple[Any, Any]:
-        """Processor and model from a directory, else the HF cache, else (if online) the Hub."""
-        loaders = (transformers.AutoProcessor, transformers.AutoModelForZeroShotObjectDetection)
-        if isinstance(source, Path):
-            return tuple(cls.from_pretrained(source) for cls in loaders)  # type: ignore[return-value]
-        try:  # cached copy first: no network round trips, no retries
-            return tuple(cls.from_pretrained(source, local_files_only=True) for cls in loaders)  # type: ignore[return-value]
-        except Exception:
-            if _hf_offline():
-                raise
-        return tuple(cls.from_pretrained(source) for cls in loaders)  # type: ignore[return-value]
+    def _fetch(model: str) -> Path:
+        """The local snapshot of a registry name or hub id, through the weights hub (cached
+        copy first; offline mode fails at once, naming the model and how to fetch it)."""
+        from grounded_sam import hub
+
+        return hub.fetch_hf(model)
 
     @staticmethod
     def _resolve_source(model: str | os.PathLike) -> str | Path:
@@ -150,12 +153,12 @@ class GroundingDinoDetector:
         if path.is_dir():
             return path
         if path.exists():
-            raise ValueError(
+            raise InputError(
                 f"model {str(model)!r} is a file; expected a directory written by save_pretrained "
                 "or a hub id like 'IDEA-Research/grounding-dino-tiny'"
             )
         if isinstance(model, os.PathLike) or _looks_like_path(str(model)):
-            raise ValueError(
+            raise InputError(
                 f"Grounding DINO model directory not found: {str(model)!r}; expected a directory "
                 "written by save_pretrained or a hub id like 'IDEA-Research/grounding-dino-tiny'"
             )
@@ -191,13 +194,13 @@ class GroundingDinoDetector:
         """Greedily group whole phrases into prompts that fit the text encoder's token limit.
 
         Raises:
-            ValueError: a single phrase is too long to fit on its own.
+            InputError: a single phrase is too long to fit on its own.
         """
         chunks: list[list[str]] = []
         current: list[str] = []
         for phrase in phrases:
             if self._count_tokens(self._prompt([phrase])[0]) > self.max_text_len:
-                raise ValueError(
+                raise InputError(
                     f"phrase {phrase!r} alone is longer than the text encoder's limit of "
                     f"{self.max_text_len} tokens; shorten it"
                 )
@@ -244,26 +247,26 @@ class GroundingDinoDetector:
         return ids, owners
 
     # ----------------------------------------------------------------------------- detect
-    def detect(self, image: ImageLike, text: str | Sequence[str]) -> Detections:
-        """Find boxes for every phrase in ``text``.
+    def detect_phrases(self, image: np.ndarray, phrases: list[str]) -> Detections:
+        """Find boxes for every phrase (see :meth:`BaseDetector.detect`).
 
-        Args:
-            image: a path, PIL image or ``HxWx3`` uint8 RGB array (anything ``load_image`` takes).
-            text: ``"a cat. a dog."`` or ``["a cat", "a dog"]``; phrases are lowercased.
+        The model sees the phrases lower-cased and joined as ``"a cat. a dog."`` (Grounding
+        DINO's caption form; its BERT tokenizer is uncased); each box is labelled with the
+        phrase as given.
 
         Returns:
             Detections: boxes ``(N, 4)`` float32 XYXY in original-image pixels, scores ``(N,)``,
             labels (one of the phrases each), ``masks=None``. Boxes of several chunks of a long
             prompt are concatenated in chunk order.
         """
-        phrases = normalize_phrases(text, lowercase=True)
-        img = load_image(image)
-        if not img.flags.writeable:  # torch.from_numpy inside the processor wants writable memory
-            img = img.copy()
-        parts = [self._detect_chunk(img, chunk) for chunk in self.chunk_phrases(phrases)]
+        img = image if image.flags.writeable else image.copy()  # the processor wants writable
+        lowered = [p.lower() for p in phrases]
+        label_of = dict(zip(lowered, phrases, strict=True))
+        parts = [self._detect_chunk(img, chunk) for chunk in self.chunk_phrases(lowered)]
         dets = Detections.concatenate(parts)
         if self.nms_threshold is not None and len(dets):
-            dets = self._nms(dets, phrases)
+            dets = self._nms(dets, lowered)
+        dets.labels = [label_of[lbl] for lbl in dets.labels]
         return dets
 
     def _detect_chunk(self, img: np.ndarray, phrases: list[str]) -> Detections:

@@ -26,8 +26,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from grounded_sam.detectors.base import Detections, normalize_phrases, resolve_device
-from grounded_sam.io import ImageLike, load_image
+from grounded_sam.detectors.base import BaseDetector, Detections, Option, resolve_device
+from grounded_sam.errors import InputError, MissingDependency
 
 __all__ = [
     "ClipEncoder",
@@ -97,26 +97,17 @@ class UltralyticsProposer:
         max_det: int,
         device: Any,
     ) -> None:
-        # Keep ultralytics off the network (DNS probe, update checks, telemetry); YOLO_OFFLINE=0
-        # in the environment overrides this.
-        os.environ.setdefault("YOLO_OFFLINE", "1")
-        try:
-            from ultralytics import YOLO
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "the 'yolo-clip' detector needs ultralytics; install it with "
-                "pip install 'ultralytics>=8.1'"
-            ) from e
+        YOLO = _import_ultralytics().YOLO
         try:
             with _keep_torch_threads():
                 self.model = YOLO(str(checkpoint), task="segment")
         except Exception as e:
-            raise ValueError(
+            raise InputError(
                 f"could not load the YOLO checkpoint {str(checkpoint)!r}: {e}; expected an "
                 "ultralytics segmentation checkpoint (yolov8*-seg.pt or FastSAM-*.pt)"
             ) from e
         if getattr(self.model, "task", "segment") != "segment":
-            raise ValueError(
+            raise InputError(
                 f"{str(checkpoint)!r} is a {self.model.task!r} model; expected a segmentation "
                 "model (yolov8*-seg or FastSAM) whose masks the crops need"
             )
@@ -165,14 +156,14 @@ class OpenClipEncoder:
         try:
             import open_clip
         except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError(
+            raise MissingDependency(
                 "the 'yolo-clip' detector needs open_clip; install it with "
                 "pip install 'open_clip_torch>=2.24'"
             ) from e
         import torch
 
         if not isinstance(model, str) or model not in open_clip.list_models():
-            raise ValueError(
+            raise InputError(
                 f"unknown open_clip model {model!r}; known models include "
                 f"{', '.join(m for m in open_clip.list_models() if m.startswith('ViT-B'))}, ... "
                 "(see open_clip.list_models())"
@@ -190,7 +181,7 @@ class OpenClipEncoder:
             state = self._load_state_dict(path)
             missing, unexpected = self._check_keys(net, state)
             if missing or unexpected:
-                raise ValueError(
+                raise InputError(
                     f"state dict {str(path)!r} does not match open_clip {model!r}: "
                     f"missing keys {missing[:10]}{'...' if len(missing) > 10 else ''}, "
                     f"unexpected keys {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}"
@@ -198,27 +189,30 @@ class OpenClipEncoder:
             try:
                 net.load_state_dict(state, strict=True)
             except RuntimeError as e:
-                raise ValueError(
+                raise InputError(
                     f"state dict {str(path)!r} does not fit open_clip {model!r}: {e}"
                 ) from e
         else:
             tags = open_clip.list_pretrained_tags_by_model(model)
             if pretrained not in tags:
-                raise ValueError(
+                raise InputError(
                     f"unknown clip_pretrained tag {pretrained!r} for {model!r}; known tags: "
                     f"{', '.join(tags) or '(none)'}, or pass a local state-dict path"
                 )
+            weights_file = _fetch_clip(model, str(pretrained))
             try:
                 extra = {}
                 if "require_pretrained" in inspect.signature(open_clip.create_model).parameters:
                     extra["require_pretrained"] = True  # fail loudly instead of random weights
-                net = open_clip.create_model(model, pretrained=pretrained, device="cpu", **extra)
+                net = open_clip.create_model(
+                    model, pretrained=str(weights_file), device="cpu", **extra
+                )
             except Exception as e:
-                raise ValueError(
-                    f"could not load open_clip {model!r} weights {pretrained!r} ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0][:300] if str(e) else ''}); download them once while "
-                    "online (open_clip caches them under ~/.cache/huggingface) or pass "
-                    "clip_pretrained=<local state-dict file>"
+                raise InputError(
+                    f"could not load open_clip {model!r} weights {pretrained!r} from "
+                    f"{str(weights_file)!r} ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:300] if str(e) else ''}); delete the file to "
+                    "download it again, or pass clip_pretrained=<local state-dict file>"
                 ) from e
         self.model = net.to(device).eval()
         self.tokenizer = open_clip.get_tokenizer(model)
@@ -235,7 +229,7 @@ class OpenClipEncoder:
         import torch
 
         if not path.is_file():
-            raise ValueError(f"CLIP state-dict file not found: {str(path)!r}")
+            raise InputError(f"CLIP state-dict file not found: {str(path)!r}")
         try:
             if path.suffix == ".safetensors":
                 from safetensors.torch import load_file
@@ -244,7 +238,7 @@ class OpenClipEncoder:
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(
+            raise InputError(
                 f"could not read CLIP weights {str(path)!r} safely ({type(e).__name__}: "
                 f"{str(e).splitlines()[0][:300] if str(e) else ''}); expected a state dict of tensors "
                 "saved with torch.save(model.state_dict(), path)"
@@ -254,7 +248,7 @@ class OpenClipEncoder:
         if not isinstance(state, dict) or not all(
             isinstance(v, torch.Tensor) for v in state.values()
         ):
-            raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
+            raise InputError(f"{str(path)!r} does not hold a state dict of tensors")
         if state and all(k.startswith("module.") for k in state):  # saved from DDP
             state = {k[len("module.") :]: v for k, v in state.items()}
         return state
@@ -343,9 +337,64 @@ def masked_crop(
     return crop
 
 
+def _fetch_clip(model: str, tag: str) -> Path:
+    """The weights file of open_clip ``model``/``tag`` through the weights hub (registry entry
+    when there is one, else the tag's own hub location; cached; offline-aware)."""
+    from grounded_sam import hub
+    from grounded_sam.hub.external import fetch_hub
+
+    hub_id = f"{model}/{tag}"
+    try:
+        entry = hub.get(hub_id)
+    except hub.WeightsError:
+        entry = hub.WeightEntry(
+            name=hub_id,
+            kind="open_clip",
+            url=f"open_clip pretrained {tag!r} of {model!r}",
+            filename=None,
+            sha256=None,
+            size_mb=None,
+            license="see the open_clip model card",
+            source="https://github.com/mlfoundations/open_clip",
+            hub_id=hub_id,
+        )
+    return fetch_hub(entry, offline=hub.is_offline())
+
+
+@contextlib.contextmanager
+def _scoped_env(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the duration of a block, unless the user set it."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+def _import_ultralytics() -> Any:
+    """``import ultralytics`` without letting it touch the network.
+
+    ultralytics decides at import time whether it is online (a DNS probe that drives update
+    checks and telemetry) from ``YOLO_OFFLINE``; it is set only while the import runs, so the
+    process environment is left as it was (a user's own ``YOLO_OFFLINE`` wins).
+    """
+    try:
+        with _scoped_env("YOLO_OFFLINE", "1"):
+            import ultralytics
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise MissingDependency(
+            "the 'yolo-clip' detector needs ultralytics; install it with "
+            "pip install 'ultralytics>=8.1'"
+        ) from e
+    return ultralytics
+
+
 def _check_unit(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        raise InputError(f"{name} must be a number in [0, 1], got {value!r}")
     return float(value)
 
 
@@ -353,7 +402,7 @@ def _check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> i
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
+        raise InputError(
             f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}"
         )
     return value
@@ -383,7 +432,7 @@ def _resolve_yolo(yolo: str | os.PathLike) -> Path:
         s in text for s in ("/", "\\", ".pt", ".pth")
     )
     if looks_like_path:
-        raise ValueError(
+        raise InputError(
             f"YOLO checkpoint not found: {text!r}; pass an existing .pt file or a registry name "
             "such as 'FastSAM-s', 'FastSAM-x', 'yolov8n-seg' ... 'yolov8x-seg'"
         )
@@ -392,7 +441,7 @@ def _resolve_yolo(yolo: str | os.PathLike) -> Path:
     return Path(weights.fetch(text))
 
 
-class YoloClipDetector:
+class YoloClipDetector(BaseDetector):
     """Boxes (and masks) from YOLOv8-seg / FastSAM proposals re-ranked by CLIP.
 
     Args:
@@ -411,6 +460,37 @@ class YoloClipDetector:
         negatives: generic prompts each phrase competes with in the score's softmax.
         device: ``None`` -> ``cuda`` if available else ``cpu``.
     """
+
+    name = "yolo-clip"
+    options = (
+        Option(
+            "yolo", str, "FastSAM-s", "YOLO-seg: registry name or .pt file", metavar="NAME|PATH"
+        ),
+        Option("clip", str, "ViT-B-32", "open_clip model name", metavar="NAME"),
+        Option(
+            "clip_pretrained",
+            str,
+            "openai",
+            "open_clip pretrained tag or state-dict file",
+            metavar="TAG|PATH",
+        ),
+        Option(
+            "score_threshold",
+            float,
+            0.5,
+            "minimum detection score (CLIP score against generic prompts)",
+            flag="--box-threshold",
+            unit=True,
+            metavar="F",
+        ),
+        Option("conf", float, 0.25, "YOLO proposal confidence", unit=True, metavar="F"),
+        Option("iou", float, 0.7, "YOLO NMS IoU (class-agnostic)", unit=True, metavar="F"),
+        Option("imgsz", int, 640, "YOLO inference size", metavar="N"),
+        Option("max_det", int, 100, "most YOLO proposals", metavar="N"),
+        Option("top_k", int, None, "keep at most K detections per phrase", metavar="K"),
+    )
+    returns_masks = True
+    accepts_device = True
 
     def __init__(
         self,
@@ -439,7 +519,7 @@ class YoloClipDetector:
             or not templates
             or not all(isinstance(t, str) and t.count("{}") == 1 for t in templates)
         ):
-            raise ValueError(
+            raise InputError(
                 f"templates must be a non-empty list of strings each containing one '{{}}', got {templates!r}"
             )
         if (
@@ -447,7 +527,7 @@ class YoloClipDetector:
             or not negatives
             or not all(isinstance(n, str) and n.strip() for n in negatives)
         ):
-            raise ValueError(
+            raise InputError(
                 f"negatives must be a non-empty list of non-empty strings, got {negatives!r}"
             )
         self.templates = tuple(templates)
@@ -513,20 +593,15 @@ class YoloClipDetector:
         z = np.clip(pos - lse, -80.0, 80.0)
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
-    def detect(self, image: ImageLike, text: str | Sequence[str]) -> Detections:
-        """All proposals matching any phrase of ``text``.
-
-        Args:
-            image: a path, PIL image or ``HxWx3`` uint8 RGB array.
-            text: ``"a cat. a dog."`` or ``["a cat", "a dog"]`` (case kept).
+    def detect_phrases(self, image: np.ndarray, phrases: list[str]) -> Detections:
+        """All proposals matching any of the phrases (see :meth:`BaseDetector.detect`).
 
         Returns:
             Detections with boxes ``(N, 4)`` float32 XYXY px, CLIP scores ``(N,)`` in [0, 1],
             labels (one phrase each; a proposal matching two phrases appears twice) and the
             YOLO masks ``(N, H, W)`` bool at the original resolution; sorted by score, descending.
         """
-        phrases = normalize_phrases(text, lowercase=False)
-        img = load_image(image)
+        img = image
         h, w = img.shape[:2]
         boxes, masks = self.proposer.propose(img)
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)

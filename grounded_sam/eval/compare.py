@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from grounded_sam.errors import InputError
 from grounded_sam.eval.report import fmt
 
 __all__ = ["compare_runs", "comparison_table", "load_run"]
@@ -17,15 +18,15 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     """``metrics.json`` of a run folder, with ``"_dir"`` added."""
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise InputError(
             f"{str(path)!r} does not exist; give run folders written by `grounded-sam eval`"
         )
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
-        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from e
+        raise InputError(f"{str(path)!r} is not valid JSON: {e}") from e
     if not isinstance(metrics, dict) or "config" not in metrics:
-        raise ValueError(f"{str(path)!r} is not a grounded-sam metrics file (no 'config')")
+        raise InputError(f"{str(path)!r} is not a grounded-sam metrics file (no 'config')")
     metrics["_dir"] = str(run_dir)
     return metrics
 
@@ -130,10 +131,10 @@ def compare_runs(
 
     Raises:
         ValueError: no run folders given.
-        FileNotFoundError: a folder without ``metrics.json``.
+        InputError: a folder without ``metrics.json``.
     """
     if not run_dirs:
-        raise ValueError("give at least one run folder to compare")
+        raise InputError("give at least one run folder to compare")
     runs = [load_run(d) for d in run_dirs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

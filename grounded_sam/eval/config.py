@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from grounded_sam.errors import InputError
 from grounded_sam.eval.runner import SCORE_MODES, RunSpec, build_pipeline, evaluate
 
 __all__ = ["GridConfig", "load_config", "run_grid"]
@@ -74,20 +75,20 @@ class GridConfig:
 def _entries(cfg: dict, key: str, allowed: set[str], where: str) -> list[dict]:
     items = cfg.get(key)
     if not isinstance(items, list) or not items:
-        raise ValueError(f"{where}: '{key}' must be a non-empty list, got {items!r}")
+        raise InputError(f"{where}: '{key}' must be a non-empty list, got {items!r}")
     out = []
     for i, item in enumerate(items):
         if isinstance(item, str):
             item = {key[:-1]: item}
         if not isinstance(item, dict):
-            raise ValueError(f"{where}: {key}[{i}] must be a mapping or a name, got {item!r}")
+            raise InputError(f"{where}: {key}[{i}] must be a mapping or a name, got {item!r}")
         unknown = sorted(set(item) - allowed)
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"{where}: {key}[{i}] has unknown key(s) {unknown}; allowed {sorted(allowed)}"
             )
         if not item.get(key[:-1]):
-            raise ValueError(f"{where}: {key}[{i}] needs '{key[:-1]}'")
+            raise InputError(f"{where}: {key}[{i}] needs '{key[:-1]}'")
         out.append(item)
     return out
 
@@ -105,7 +106,7 @@ def load_config(
     taken relative to the current directory.
 
     Raises:
-        FileNotFoundError: the file does not exist.
+        InputError: the file does not exist.
         ValueError: malformed YAML, unknown keys, missing fields.
     """
     if isinstance(source, dict):
@@ -115,30 +116,30 @@ def load_config(
 
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+            raise InputError(f"config file {str(path)!r} does not exist")
         try:
             cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
-            raise ValueError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+            raise InputError(f"config file {str(path)!r} is not valid YAML: {e}") from e
         where = str(path)
     if not isinstance(cfg, dict):
-        raise ValueError(f"{where}: expected a mapping at the top level, got {type(cfg).__name__}")
+        raise InputError(f"{where}: expected a mapping at the top level, got {type(cfg).__name__}")
     unknown = sorted(set(cfg) - _TOP_KEYS)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed {sorted(_TOP_KEYS)}")
+        raise InputError(f"{where}: unknown key(s) {unknown}; allowed {sorted(_TOP_KEYS)}")
     dataset = cfg.get("dataset")
     if not isinstance(dataset, dict):
-        raise ValueError(
+        raise InputError(
             f"{where}: 'dataset' must be a mapping with the data paths, got {dataset!r}"
         )
     out_dir = out if out is not None else cfg.get("out")
     if not out_dir:
-        raise ValueError(f"{where}: give 'out' (the folder for the runs) or --out")
+        raise InputError(f"{where}: give 'out' (the folder for the runs) or --out")
     lim = limit if limit is not None else cfg.get("limit")
     dev = device if device is not None else cfg.get("device")
     score = cfg.get("score", "detector")
     if score not in SCORE_MODES:
-        raise ValueError(f"{where}: score must be one of {SCORE_MODES}, got {score!r}")
+        raise InputError(f"{where}: score must be one of {SCORE_MODES}, got {score!r}")
     detectors = _entries(cfg, "detectors", _DET_KEYS, where)
     sams = _entries(cfg, "sams", _SAM_KEYS, where)
     runs: list[RunSpec] = []
@@ -166,10 +167,10 @@ def load_config(
     names = [r.name for r in runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"{where}: run names {dup} repeat; give distinct 'name's")
+        raise InputError(f"{where}: run names {dup} repeat; give distinct 'name's")
     warmup = cfg.get("warmup", 1)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"{where}: warmup must be an integer >= 0, got {warmup!r}")
+        raise InputError(f"{where}: warmup must be an integer >= 0, got {warmup!r}")
     return GridConfig(dict(dataset), Path(out_dir), lim, runs, where, warmup=warmup)
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from grounded_sam.errors import InputError
+
 __all__ = [
     "CocoDataset",
     "EvalDataset",
@@ -118,14 +120,14 @@ class EvalDataset:
 def _check_file(path: str | os.PathLike, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"{what} {str(p)!r} does not exist or is not a file")
+        raise InputError(f"{what} {str(p)!r} does not exist or is not a file")
     return p
 
 
 def _check_dir(path: str | os.PathLike, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise FileNotFoundError(f"{what} {str(p)!r} does not exist or is not a folder")
+        raise InputError(f"{what} {str(p)!r} does not exist or is not a folder")
     return p
 
 
@@ -133,7 +135,7 @@ def _check_limit(limit: int | None) -> int | None:
     if limit is None:
         return None
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+        raise InputError(f"limit must be a positive integer or None, got {limit!r}")
     return limit
 
 
@@ -156,7 +158,7 @@ def _load_json(path: Path, what: str) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {str(path)!r} is not valid JSON: {e}") from e
+        raise InputError(f"{what} {str(path)!r} is not valid JSON: {e}") from e
 
 
 def _xywh_to_xyxy(bboxes: Sequence[Sequence[float]]) -> np.ndarray:
@@ -170,7 +172,7 @@ def _check_missing_images(paths: Sequence[Path], where: Path) -> None:
         shown = ", ".join(missing[:5]) + (
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         )
-        raise FileNotFoundError(
+        raise InputError(
             f"{len(missing)} annotated image(s) are missing from {str(where)!r}: {shown}; "
             "point --images at the folder holding them (or use --limit)"
         )
@@ -186,7 +188,7 @@ class _CocoBacked(EvalDataset):
         data = _load_json(self.annotations, "annotations file")
         if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
             keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise ValueError(
+            raise InputError(
                 f"annotations file {str(self.annotations)!r} is not COCO instances format: "
                 f"expected a JSON object with 'images', 'annotations' and 'categories', got {keys}"
             )
@@ -235,7 +237,7 @@ class CocoDataset(_CocoBacked):
         self.all_categories = bool(all_categories)
         self.limit = _check_limit(limit)
         if not self.coco.cats:
-            raise ValueError(f"annotations file {str(self.annotations)!r} has no categories")
+            raise InputError(f"annotations file {str(self.annotations)!r} has no categories")
         ids = sorted(self.coco.imgs)
         self._ids = ids[: self.limit] if self.limit else ids
         _check_missing_images([self._image_info(i)[0] for i in self._ids], self.images)
@@ -294,18 +296,18 @@ def load_refs(path: str | os.PathLike) -> list[dict]:
             with open(p, "rb") as f:
                 refs = _RefsUnpickler(f, encoding="latin1").load()
         except (pickle.UnpicklingError, EOFError, ValueError) as e:
-            raise ValueError(
+            raise InputError(
                 f"cannot read refs file {str(p)!r} as a pickle of plain data: {e}"
             ) from e
     if not isinstance(refs, list):
-        raise ValueError(
+        raise InputError(
             f"refs file {str(p)!r} must hold a list of refs, got {type(refs).__name__}"
         )
     need = {"image_id", "ann_id", "category_id", "split", "sentences"}
     for i, ref in enumerate(refs):
         if not isinstance(ref, dict) or not need <= set(ref):
             got = sorted(ref) if isinstance(ref, dict) else type(ref).__name__
-            raise ValueError(
+            raise InputError(
                 f"ref #{i} in {str(p)!r} must be a dict with keys {sorted(need)}, got {got}"
             )
     return refs
@@ -314,7 +316,7 @@ def load_refs(path: str | os.PathLike) -> list[dict]:
 def _sentence_text(sentence: Any) -> str:
     raw = sentence.get("sent", sentence.get("raw", "")) if isinstance(sentence, dict) else sentence
     if not isinstance(raw, str):
-        raise ValueError(f"referring sentence must be a string, got {raw!r}")
+        raise InputError(f"referring sentence must be a string, got {raw!r}")
     # "." separates phrases in our prompts; a referring sentence is one phrase.
     return " ".join(raw.replace(".", " ").split())
 
@@ -356,13 +358,13 @@ class RefCocoDataset(_CocoBacked):
             if r["split"] == split:
                 self._refs.setdefault(int(r["image_id"]), []).append(r)
         if not self._refs:
-            raise ValueError(
+            raise InputError(
                 f"refs file {str(self.refs_path)!r} has no refs in split {split!r}; "
                 f"its splits are {splits}"
             )
         missing = [i for i in self._refs if i not in self.coco.imgs]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"{len(missing)} referred image id(s) (e.g. {missing[0]}) are not in "
                 f"{str(self.annotations)!r}; pass the instances.json that ships with the refs"
             )
@@ -376,7 +378,7 @@ class RefCocoDataset(_CocoBacked):
         for ref in sorted(self._refs[image_id], key=lambda r: r.get("ref_id", 0)):
             ann = self.coco.anns.get(int(ref["ann_id"]))
             if ann is None:
-                raise ValueError(
+                raise InputError(
                     f"ref {ref.get('ref_id')} points at unknown annotation {ref['ann_id']}"
                 )
             mask = self._mask(ann, h, w)
@@ -424,14 +426,14 @@ class MaskFolderDataset(EvalDataset):
         self.images = _check_dir(images, "images folder")
         self.masks = _check_dir(masks, "masks folder")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"prompt must be a non-empty string like 'a cat', got {prompt!r}")
+            raise InputError(f"prompt must be a non-empty string like 'a cat', got {prompt!r}")
         self.prompt = prompt.strip()
         self.limit = _check_limit(limit)
         image_files = sorted(
             p for p in self.images.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
         )
         if not image_files:
-            raise ValueError(
+            raise InputError(
                 f"images folder {str(self.images)!r} holds no images ({IMAGE_SUFFIXES})"
             )
         mask_files = {
@@ -441,7 +443,7 @@ class MaskFolderDataset(EvalDataset):
         }
         unmatched = [p.name for p in image_files if p.stem not in mask_files]
         if unmatched:
-            raise ValueError(
+            raise InputError(
                 f"{len(unmatched)} image(s) have no mask with the same stem in "
                 f"{str(self.masks)!r}, e.g. {unmatched[0]!r}"
             )
@@ -527,7 +529,7 @@ def build_dataset(spec: dict[str, Any], *, limit: int | None = None) -> EvalData
     otherwise ``coco``. ``limit`` overrides ``spec["limit"]``.
     """
     if not isinstance(spec, dict):
-        raise TypeError(f"dataset spec must be a mapping, got {type(spec).__name__}")
+        raise InputError(f"dataset spec must be a mapping, got {type(spec).__name__}")
     spec = dict(spec)
     kind = spec.pop("type", None) or (
         "refcoco" if spec.get("refs") else "folder" if spec.get("masks") else "coco"
@@ -543,13 +545,13 @@ def build_dataset(spec: dict[str, Any], *, limit: int | None = None) -> EvalData
     }
     optional = {"coco": ("all_categories",), "refcoco": ("split",), "folder": ()}
     if kind not in required:
-        raise ValueError(f"unknown dataset type {kind!r}; expected one of {sorted(required)}")
+        raise InputError(f"unknown dataset type {kind!r}; expected one of {sorted(required)}")
     missing = [k for k in required[kind] if spec.get(k) in (None, "")]
     if missing:
-        raise ValueError(f"{kind} dataset needs {', '.join(missing)} (got keys {sorted(spec)})")
+        raise InputError(f"{kind} dataset needs {', '.join(missing)} (got keys {sorted(spec)})")
     unknown = sorted(set(spec) - set(required[kind]) - set(optional[kind]))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"unknown key(s) {unknown} for a {kind} dataset; expected "
             f"{list(required[kind]) + list(optional[kind])}"
         )

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from grounded_sam.errors import InputError
+
 __all__ = [
     "AP_KEYS",
     "coco_mask_ap",
@@ -46,7 +48,7 @@ def intersection_union(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
     pred = np.asarray(pred, dtype=bool)
     gt = np.asarray(gt, dtype=bool)
     if pred.shape != gt.shape:
-        raise ValueError(f"prediction mask shape {pred.shape} differs from ground truth {gt.shape}")
+        raise InputError(f"prediction mask shape {pred.shape} differs from ground truth {gt.shape}")
     return int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred | gt))
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from grounded_sam.detectors import Detections, normalize_phrases
+from grounded_sam.errors import InputError
 from grounded_sam.io import ImageLike
 
 __all__ = ["GT_BOXES", "GtBoxesDetector"]
@@ -37,7 +38,7 @@ class GtBoxesDetector:
         if b.size == 0:
             b = b.reshape(0, 4)
         if b.ndim != 2 or b.shape[1] != 4:
-            raise ValueError(f"gt-boxes target must have shape (K, 4) XYXY, got {b.shape}")
+            raise InputError(f"gt-boxes target must have shape (K, 4) XYXY, got {b.shape}")
         self._boxes = b
 
     def detect(self, image: ImageLike, text: str | Sequence[str]) -> Detections:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from grounded_sam.errors import InputError
 from grounded_sam.eval.datasets import EvalDataset, Sample
 from grounded_sam.eval.metrics import (
     AP_KEYS,
@@ -98,23 +99,23 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.detector, str) or not self.detector:
-            raise ValueError(f"detector must be a detector name, got {self.detector!r}")
+            raise InputError(f"detector must be a detector name, got {self.detector!r}")
         if self.score not in SCORE_MODES:
-            raise ValueError(f"score must be one of {SCORE_MODES}, got {self.score!r}")
+            raise InputError(f"score must be one of {SCORE_MODES}, got {self.score!r}")
         from grounded_sam.model.precision import check_precision
 
         check_precision(self.precision)
         if not isinstance(self.detector_args, Mapping):
-            raise TypeError(
+            raise InputError(
                 f"detector_args must be a mapping, got {type(self.detector_args).__name__}"
             )
         self.detector_args = dict(self.detector_args)
         if self.detector == GT_BOXES and self.detector_args:
-            raise ValueError(
+            raise InputError(
                 f"the gt-boxes oracle takes no detector arguments, got {self.detector_args}"
             )
         if self.detector == GT_BOXES and not self.refine_with_sam:
-            raise ValueError(
+            raise InputError(
                 "refine_with_sam=False needs a detector with masks; gt-boxes gives boxes only"
             )
         if self.sam_checkpoint is not None:
@@ -211,12 +212,12 @@ def read_records(out_dir: str | os.PathLike, *, repair: bool = False) -> list[di
         try:
             rec = json.loads(line)
             if not isinstance(rec, dict) or "image_id" not in rec:
-                raise ValueError("not a record")
+                raise InputError("not a record")
             if i == len(lines) - 1:  # complete JSON but no newline: treat as unfinished
-                raise ValueError("no trailing newline")
+                raise InputError("no trailing newline")
         except ValueError as e:
             if any(x.strip() for x in lines[i + 1 :]):
-                raise ValueError(
+                raise InputError(
                     f"{path} line {i + 1} is corrupt ({e}); delete the run folder or pass "
                     "--overwrite to start again"
                 ) from None
@@ -271,16 +272,16 @@ def _prepare_out(out_dir: Path, config: dict, overwrite: bool) -> None:
         try:
             previous = json.loads(run_json.read_text(encoding="utf-8"))
         except ValueError as e:
-            raise ValueError(f"{run_json} is not valid JSON ({e}); pass --overwrite") from e
+            raise InputError(f"{run_json} is not valid JSON ({e}); pass --overwrite") from e
         old, new = _fingerprint(previous), _fingerprint(config)
         if old != new:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise ValueError(
+            raise InputError(
                 f"{out_dir} holds a run with a different configuration (differs in {diff}); "
                 "use another --out, or --overwrite to discard it"
             )
     elif (out_dir / RECORDS).exists():
-        raise ValueError(f"{out_dir} has {RECORDS} but no {RUN_JSON}; pass --overwrite")
+        raise InputError(f"{out_dir} has {RECORDS} but no {RUN_JSON}; pass --overwrite")
     _write_atomic(run_json, json.dumps(config, indent=1, default=str) + "\n")
 
 
@@ -306,14 +307,14 @@ def _eval_sample(
 
     image = load_image(sample.path)
     if image.shape[:2] != (sample.height, sample.width):
-        raise ValueError(
+        raise InputError(
             f"image {sample.path} has size {image.shape[:2]} (H, W) but its annotation says "
             f"{(sample.height, sample.width)}"
         )
     predictions, pairs, timings = [], [], []
     for prompt in sample.prompts:
         if prompt.gt_mask.shape != image.shape[:2]:
-            raise ValueError(
+            raise InputError(
                 f"ground-truth mask for {prompt.text!r} in {sample.path} has shape "
                 f"{prompt.gt_mask.shape}, expected the image size {image.shape[:2]}"
             )
@@ -504,7 +505,7 @@ def evaluate(
         det_name = getattr(pipeline, "detector_name", None) or type(pipeline).__name__
         spec = RunSpec(detector=str(det_name), sam="custom")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
+        raise InputError(f"warmup must be an integer >= 0, got {warmup!r}")
     out = Path(out_dir)
     config = {"run": spec.to_dict(), "dataset": dataset.describe(), "protocol": {"warmup": warmup}}
     _prepare_out(out, config, overwrite)

@@ -125,12 +125,28 @@ def meta_mobile_sam(seed: int = 0) -> nn.Module:
 
 
 def ours_tiny_vit_sam(state_dict: dict) -> nn.Module:
-    from grounded_sam.model.build import _build
     from grounded_sam.model.image_encoder import ImageEncoderViT
+    from grounded_sam.model.zoo import _sam
 
-    model = _build(ImageEncoderViT(**TINY_VIT_CFG), "tiny_vit_test")
+    model = _sam(ImageEncoderViT(**TINY_VIT_CFG), "tiny_vit_test")
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
+
+
+def meta_modules_in_ours(meta: nn.Module) -> nn.Module:
+    """Our ``Sam`` wrapper around Meta's own encoder, prompt encoder and decoder modules.
+
+    Meta's modules have the call signatures ours have, so our predictor and automatic
+    generator can drive Meta's model: differences then come from our driver code alone.
+    """
+    from grounded_sam.model.sam import Sam
+
+    return Sam(
+        image_encoder=meta.image_encoder,
+        prompt_encoder=meta.prompt_encoder,
+        mask_decoder=meta.mask_decoder,
+        name="meta",
+    ).eval()
 
 
 def save_checkpoint(model: nn.Module, path: Path) -> Path:

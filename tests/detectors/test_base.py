@@ -18,6 +18,8 @@ from grounded_sam.detectors import (
     register_detector,
 )
 from grounded_sam.detectors import base as det_base
+from grounded_sam.errors import InputError, MissingDependency
+from grounded_sam.phrases import parse_phrases
 
 
 def _dets(n: int, h: int = 8, w: int = 10, masks: bool = True) -> Detections:
@@ -68,29 +70,36 @@ def test_detections_empty_select_concatenate() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "lower", "expected"),
+    ("text", "expected"),
     [
-        ("a cat. a dog.", False, ["a cat", "a dog"]),
-        ("A Cat.  a   DOG . a cat", True, ["a cat", "a dog"]),
-        (["A cat", " a dog ", "", "A cat"], False, ["A cat", "a dog"]),
-        (["a cat. a dog", "bird"], True, ["a cat", "a dog", "bird"]),
-        ("single phrase", False, ["single phrase"]),
+        ("a cat. a dog.", ["a cat", "a dog"]),
+        # case kept as written; a phrase differing only by case is a duplicate
+        ("A Cat.  a   DOG . a cat", ["A Cat", "a DOG"]),
+        (["A cat", " a dog ", "", "A cat"], ["A cat", "a dog"]),
+        (["a cat. a dog", "bird"], ["a cat", "a dog", "bird"]),
+        ("single phrase", ["single phrase"]),
     ],
 )
-def test_normalize_phrases(text, lower, expected) -> None:
-    assert normalize_phrases(text, lowercase=lower) == expected
+def test_parse_phrases(text, expected) -> None:
+    assert parse_phrases(text) == expected
+    assert parse_phrases(parse_phrases(text)) == expected  # idempotent
+
+
+def test_normalize_phrases_is_the_old_name_with_optional_lowercase() -> None:
+    assert normalize_phrases("A Cat. a DOG") == ["A Cat", "a DOG"]
+    assert normalize_phrases("A Cat. a DOG", lowercase=True) == ["a cat", "a dog"]
 
 
 @pytest.mark.parametrize("text", ["", "  . .. ", [], ["", " . "]])
-def test_normalize_phrases_empty(text) -> None:
-    with pytest.raises(ValueError, match="no phrases"):
-        normalize_phrases(text)
+def test_parse_phrases_empty(text) -> None:
+    with pytest.raises(InputError, match="no phrases"):
+        parse_phrases(text)
 
 
 @pytest.mark.parametrize("text", [None, 3, b"a cat", ["a cat", 3], {"a cat"}])
-def test_normalize_phrases_type(text) -> None:
-    with pytest.raises(TypeError, match="string"):
-        normalize_phrases(text)
+def test_parse_phrases_type(text) -> None:
+    with pytest.raises(InputError, match="string"):
+        parse_phrases(text)
 
 
 def test_registry_names_and_unknown() -> None:
@@ -98,7 +107,7 @@ def test_registry_names_and_unknown() -> None:
     assert {"grounding-dino", "yolo-clip"} <= set(names)
     with pytest.raises(ValueError, match="unknown detector 'nope'.*grounding-dino.*yolo-clip"):
         build_detector("nope")
-    with pytest.raises(TypeError, match="string"):
+    with pytest.raises(InputError, match="string"):
         build_detector(3)  # type: ignore[arg-type]
 
 
@@ -157,7 +166,7 @@ def test_entry_point_plugin(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert out.labels == ["a cat", "a dog"]
     np.testing.assert_array_equal(out.boxes, [[0, 0, 9, 6], [0, 0, 9, 6]])
     np.testing.assert_allclose(out.scores, [0.25, 0.25])
-    with pytest.raises(RuntimeError, match="broken.*failed to import"):
+    with pytest.raises(MissingDependency, match="broken.*failed to import"):
         build_detector("broken")
 
 

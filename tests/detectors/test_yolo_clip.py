@@ -9,6 +9,7 @@ import pytest
 
 from grounded_sam.detectors import Detections, build_detector
 from grounded_sam.detectors.yolo_clip import FILL_COLOR, YoloClipDetector, masked_crop
+from grounded_sam.errors import InputError
 
 BG = (255, 0, 255)  # magenta background: must never reach CLIP
 H, W = 60, 80
@@ -195,9 +196,9 @@ def test_bad_arguments(scene, tmp_path) -> None:
     with pytest.raises(ValueError, match="negatives"):
         build_detector("yolo-clip", yolo=proposer, clip=clip, negatives=[])
     det = YoloClipDetector(yolo=proposer, clip=clip)
-    with pytest.raises(ValueError, match="no phrases"):
+    with pytest.raises(InputError, match="no phrases"):
         det.detect(img, "")
-    with pytest.raises(TypeError, match="string"):
+    with pytest.raises(InputError, match="string"):
         det.detect(img, None)
     bad = StubProposer(np.zeros((1, 4), np.float32), np.zeros((1, 5, 5), bool))
     with pytest.raises(RuntimeError, match="masks of shape"):

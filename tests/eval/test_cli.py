@@ -10,6 +10,7 @@ import yaml
 import grounded_sam.eval.config as eval_config
 import grounded_sam.eval.runner as eval_runner
 from grounded_sam.cli import main
+from grounded_sam.errors import InputError
 from grounded_sam.eval import compare_runs, load_config
 from grounded_sam.testing.eval_data import EmptyDetector, PerfectPredictor
 
@@ -63,7 +64,7 @@ def test_eval_command_writes_outputs(coco, tmp_path, injected, capsys):
         (["--out", "X"], "give --detector"),
         (
             ["--detector", "gt-boxes", "--out", "X", "-D", "box_threshold=0.3"],
-            "takes no detector arguments",
+            "--detector gt-boxes has no option 'box_threshold'",
         ),
         (["--detector", "gt-boxes", "--out", "X", "--masks", "m"], "cannot be combined"),
     ],
@@ -161,7 +162,7 @@ def test_load_config_errors(tmp_path):
     bad.write_text("dataset: {}\nout: x\ndetectors: [gt-boxes]\nsams: [mobile_sam]\nwarmup: -1\n")
     with pytest.raises(ValueError, match="warmup must be an integer >= 0"):
         load_config(bad)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
 
 

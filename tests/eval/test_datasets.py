@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from grounded_sam.errors import InputError
 from grounded_sam.eval import (
     CocoDataset,
     MaskFolderDataset,
@@ -48,14 +49,14 @@ def test_coco_prompts_masks_and_boxes(coco):
 
 
 def test_coco_errors(coco, tmp_path):
-    with pytest.raises(FileNotFoundError, match="annotations file"):
+    with pytest.raises(InputError, match="annotations file"):
         CocoDataset(tmp_path / "nope.json", coco["images"])
     (tmp_path / "bad.json").write_text('{"images": []}')
     with pytest.raises(ValueError, match="COCO instances format"):
         CocoDataset(tmp_path / "bad.json", coco["images"])
     empty = tmp_path / "empty_images"
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match="3 annotated image"):
+    with pytest.raises(InputError, match="3 annotated image"):
         CocoDataset(coco["annotations"], empty)
     with pytest.raises(ValueError, match="limit"):
         CocoDataset(coco["annotations"], coco["images"], limit=0)
