@@ -1,0 +1,40 @@
+"""The data engine: label folders of images into COCO datasets, resumably.
+
+Modules:
+
+- :mod:`~grounded_sam.engine.ontology`: the class list (YAML or inline) -> :class:`Ontology`.
+- :mod:`~grounded_sam.engine.dataset`: the on-disk dataset format (annotations.json, units,
+  errors, review queue, candidates, manifest): the one place it is read and written.
+- :mod:`~grounded_sam.engine.embeddings`: SAM embeddings stored in a dataset.
+
+Names are resolved lazily so importing the package stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Ontology": "grounded_sam.engine.ontology",
+    "OntologyClass": "grounded_sam.engine.ontology",
+    "load_ontology": "grounded_sam.engine.ontology",
+    "ImageUnit": "grounded_sam.engine.dataset",
+    "EmbeddingStore": "grounded_sam.engine.embeddings",
+    "sam_identity": "grounded_sam.engine.embeddings",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'grounded_sam.engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
