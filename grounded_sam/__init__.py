@@ -11,8 +11,9 @@ side effects; each name lives in the module listed in ``_EXPORTS``.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from grounded_sam._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -26,11 +27,21 @@ _EXPORTS = {
     "SamPredictor": "grounded_sam.predictor",
     "AutomaticMaskGenerator": "grounded_sam.automatic",
     "load_image": "grounded_sam.io",
+    "weights": "grounded_sam.weights",
+    "errors": "grounded_sam.errors",
+    "InputError": "grounded_sam.errors",
+    "WeightsError": "grounded_sam.errors",
+    "MissingDependency": "grounded_sam.errors",
+    "GroundedSAMError": "grounded_sam.errors",
 }
 
 __all__ = [
     "AutomaticMaskGenerator",
+    "GroundedSAMError",
     "GroundedSAM",
+    "InputError",
+    "MissingDependency",
+    "WeightsError",
     "Result",
     "Sam",
     "SamPredictor",
@@ -38,29 +49,19 @@ __all__ = [
     "build_sam",
     "list_models",
     "load_image",
+    "errors",
     "segment",
     "weights",
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "weights":
-        return importlib.import_module("grounded_sam.weights")
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'grounded_sam' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from grounded_sam import weights
+    from grounded_sam import errors, weights
     from grounded_sam.automatic import AutomaticMaskGenerator
+    from grounded_sam.errors import GroundedSAMError, InputError, MissingDependency, WeightsError
     from grounded_sam.io import load_image
     from grounded_sam.model.build import build_sam, list_models
     from grounded_sam.model.sam import Sam

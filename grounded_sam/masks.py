@@ -87,38 +87,46 @@ def clip_boxes(
 
 
 def check_points(
-    points: object, point_labels: object, image_size: tuple[int, int]
+    points: object,
+    point_labels: object,
+    image_size: tuple[int, int] | None = None,
+    *,
+    names: tuple[str, str] = ("points", "point_labels"),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Validate (P, 2) xy pixel points inside an (H, W) image and their (P,) labels.
+    """Validate (P, 2) xy pixel points and their (P,) labels (1 foreground, 0 background).
 
-    Labels default to 1 (foreground); 0 is background. Returns (float64 (P, 2), int64 (P,)).
+    ``point_labels=None`` means all foreground. With ``image_size`` (H, W) every point must
+    lie inside the image (a user's prompt); without, any finite point is accepted (Meta's
+    predictor takes points outside the image). ``names`` name the arguments in messages.
+    Returns (float64 (P, 2), int64 (P,)).
     """
-    coords = finite_array(points, "points")
+    pname, lname = names
+    coords = finite_array(points, pname)
     if coords.ndim == 1 and coords.shape[0] == 2:
         coords = coords[None]
     if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
-        raise InputError(f"points must have shape (P, 2) as x, y pixels, got {coords.shape}")
-    h, w = image_size
-    outside = np.nonzero(
-        (coords[:, 0] < 0) | (coords[:, 0] > w) | (coords[:, 1] < 0) | (coords[:, 1] > h)
-    )[0]
-    if outside.size:
-        i = int(outside[0])
-        raise InputError(
-            f"point {coords[i].tolist()} lies outside the {w}x{h} (WxH) image; "
-            f"points are x in [0, {w}], y in [0, {h}] pixels"
-        )
+        raise InputError(f"{pname} must have shape (N, 2) as x, y pixels, got {coords.shape}")
+    if image_size is not None:
+        h, w = image_size
+        outside = np.nonzero(
+            (coords[:, 0] < 0) | (coords[:, 0] > w) | (coords[:, 1] < 0) | (coords[:, 1] > h)
+        )[0]
+        if outside.size:
+            i = int(outside[0])
+            raise InputError(
+                f"point {coords[i].tolist()} lies outside the {w}x{h} (WxH) image; "
+                f"points are x in [0, {w}], y in [0, {h}] pixels"
+            )
     if point_labels is None:
         return coords, np.ones(coords.shape[0], dtype=np.int64)
-    labels = finite_array(point_labels, "point_labels").reshape(-1)
+    labels = finite_array(point_labels, lname)
     if labels.shape != (coords.shape[0],):
         raise InputError(
-            f"point_labels must have {coords.shape[0]} entries to match points, got "
-            f"{labels.shape[0]}"
+            f"{lname} must have shape ({coords.shape[0]},) to match {pname}, got {labels.shape}"
         )
     if not np.isin(labels, (0, 1)).all():
         raise InputError(
-            f"point_labels must be 1 (foreground) or 0 (background), got {labels.tolist()}"
+            f"{lname} must be 1 (foreground) or 0 (background), got {np.unique(labels).tolist()}"
         )
     return coords, labels.astype(np.int64)
 

@@ -21,7 +21,7 @@ import torch
 
 from grounded_sam.errors import InputError
 from grounded_sam.io import ImageLike, load_image
-from grounded_sam.masks import check_boxes, finite_array
+from grounded_sam.masks import check_boxes, check_points, finite_array
 from grounded_sam.model.sam import SamBase
 from grounded_sam.model.transforms import ResizeLongestSide
 
@@ -215,20 +215,9 @@ class SamPredictor:
         if point_coords is not None or point_labels is not None:
             if point_coords is None or point_labels is None:
                 raise InputError("point_coords and point_labels must be given together")
-            coords = finite_array(point_coords, "point_coords")
-            labels = finite_array(point_labels, "point_labels")
-            if coords.ndim != 2 or coords.shape[1] != 2:
-                raise InputError(f"point_coords must have shape (N, 2), got {coords.shape}")
-            if labels.shape != (coords.shape[0],):
-                raise InputError(
-                    f"point_labels must have shape ({coords.shape[0]},) to match point_coords, "
-                    f"got {labels.shape}"
-                )
-            if not np.isin(labels, (0, 1)).all():
-                raise InputError(
-                    "point_labels must be 1 (foreground) or 0 (background), got "
-                    f"{np.unique(labels).tolist()}"
-                )
+            coords, labels = check_points(
+                point_coords, point_labels, names=("point_coords", "point_labels")
+            )
             coords_t = self._to_model_frame(coords)[None].float()
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
         if box is not None:

@@ -14,9 +14,9 @@ The detector classes import transformers / ultralytics / open_clip only when bui
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from grounded_sam._lazy import lazy_exports
 from grounded_sam.detectors.base import (
     ENTRY_POINT_GROUP,
     BaseDetector,
@@ -53,15 +53,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'grounded_sam.detectors' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 if TYPE_CHECKING:  # pragma: no cover

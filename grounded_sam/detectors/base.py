@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from grounded_sam.devices import resolve_device
 from grounded_sam.errors import InputError, MissingDependency
 from grounded_sam.io import ImageLike, load_image
 from grounded_sam.phrases import parse_phrases
@@ -270,18 +271,6 @@ def normalize_phrases(text: str | Sequence[str], *, lowercase: bool = False) -> 
     if lowercase:
         phrases = list(dict.fromkeys(p.lower() for p in phrases))
     return phrases
-
-
-def resolve_device(device: Any = None) -> Any:
-    """``None`` -> ``cuda`` if available else ``cpu``; otherwise ``torch.device(device)``."""
-    import torch
-
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise InputError(f"invalid device {device!r}; expected e.g. 'cpu', 'cuda', 'cuda:0'") from e
 
 
 # name -> "module:attr" (lazy) or a callable returning a Detector.

@@ -199,7 +199,9 @@ class OpenClipEncoder:
                     f"unknown clip_pretrained tag {pretrained!r} for {model!r}; known tags: "
                     f"{', '.join(tags) or '(none)'}, or pass a local state-dict path"
                 )
-            weights_file = _fetch_clip(model, str(pretrained))
+            from grounded_sam import hub
+
+            weights_file = hub.fetch_open_clip(model, str(pretrained))
             try:
                 extra = {}
                 if "require_pretrained" in inspect.signature(open_clip.create_model).parameters:
@@ -226,29 +228,14 @@ class OpenClipEncoder:
 
     @staticmethod
     def _load_state_dict(path: Path) -> dict[str, Any]:
-        import torch
+        """A CLIP state dict from a file, loaded safely by the weights hub (``.pt``/``.bin``
+        with ``weights_only=True``, or ``.safetensors``); a DDP ``module.`` prefix is
+        dropped."""
+        from grounded_sam import hub
 
         if not path.is_file():
             raise InputError(f"CLIP state-dict file not found: {str(path)!r}")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state: Any = load_file(str(path))
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise InputError(
-                f"could not read CLIP weights {str(path)!r} safely ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:300] if str(e) else ''}); expected a state dict of tensors "
-                "saved with torch.save(model.state_dict(), path)"
-            ) from e
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict) or not all(
-            isinstance(v, torch.Tensor) for v in state.values()
-        ):
-            raise InputError(f"{str(path)!r} does not hold a state dict of tensors")
+        state = hub.load_state_dict(path)
         if state and all(k.startswith("module.") for k in state):  # saved from DDP
             state = {k[len("module.") :]: v for k, v in state.items()}
         return state
@@ -335,30 +322,6 @@ def masked_crop(
     crop = image[y0:y1, x0:x1].copy()
     crop[~mask[y0:y1, x0:x1]] = np.asarray(fill, dtype=np.uint8)
     return crop
-
-
-def _fetch_clip(model: str, tag: str) -> Path:
-    """The weights file of open_clip ``model``/``tag`` through the weights hub (registry entry
-    when there is one, else the tag's own hub location; cached; offline-aware)."""
-    from grounded_sam import hub
-    from grounded_sam.hub.external import fetch_hub
-
-    hub_id = f"{model}/{tag}"
-    try:
-        entry = hub.get(hub_id)
-    except hub.WeightsError:
-        entry = hub.WeightEntry(
-            name=hub_id,
-            kind="open_clip",
-            url=f"open_clip pretrained {tag!r} of {model!r}",
-            filename=None,
-            sha256=None,
-            size_mb=None,
-            license="see the open_clip model card",
-            source="https://github.com/mlfoundations/open_clip",
-            hub_id=hub_id,
-        )
-    return fetch_hub(entry, offline=hub.is_offline())
 
 
 @contextlib.contextmanager

@@ -12,8 +12,9 @@ The CLI is ``grounded-sam eval`` (see ``grounded_sam/cli/evaluate.py``).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from grounded_sam._lazy import lazy_exports
 
 _EXPORTS = {
     "CocoDataset": "grounded_sam.eval.datasets",
@@ -56,15 +57,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'grounded_sam.eval' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -20,7 +20,14 @@ also registers the model's verifiers.
 """
 
 from grounded_sam.errors import WeightsError
-from grounded_sam.hub.cache import fetch, fetch_hf, is_cached, local_path, register_verifier
+from grounded_sam.hub.cache import (
+    fetch,
+    fetch_hf,
+    fetch_open_clip,
+    is_cached,
+    local_path,
+    register_verifier,
+)
 from grounded_sam.hub.download import download
 from grounded_sam.hub.env import cache_dir, is_offline, path, url_for
 from grounded_sam.hub.registry import (
@@ -28,6 +35,7 @@ from grounded_sam.hub.registry import (
     KINDS,
     WeightEntry,
     get,
+    hub_entry,
     list,
     register,
     unregister,
@@ -44,7 +52,9 @@ __all__ = [
     "download",
     "fetch",
     "fetch_hf",
+    "fetch_open_clip",
     "get",
+    "hub_entry",
     "is_cached",
     "is_offline",
     "list",

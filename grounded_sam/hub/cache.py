@@ -17,10 +17,17 @@ from grounded_sam.hub.download import (
 )
 from grounded_sam.hub.env import is_local_url, is_offline, path, url_for
 from grounded_sam.hub.external import fetch_hub
-from grounded_sam.hub.registry import FILE_KINDS, WeightEntry, get
+from grounded_sam.hub.registry import FILE_KINDS, WeightEntry, get, hub_entry
 from grounded_sam.hub.safety import check_ultralytics_file, load_state_dict
 
-__all__ = ["fetch", "fetch_hf", "is_cached", "local_path", "register_verifier"]
+__all__ = [
+    "fetch",
+    "fetch_hf",
+    "fetch_open_clip",
+    "is_cached",
+    "local_path",
+    "register_verifier",
+]
 
 
 def local_path(name: str) -> Path | None:
@@ -167,20 +174,11 @@ def fetch_hf(model: str) -> Path:
     used and a miss raises :class:`WeightsError` at once, naming the model and how to fetch
     it; the network is never touched.
     """
-    try:
-        entry = get(model)
-    except WeightsError:
-        entry = WeightEntry(
-            name=model,
-            kind="hf",
-            url=f"https://huggingface.co/{model}",
-            filename=None,
-            sha256=None,
-            size_mb=None,
-            license="see the model card",
-            source=f"https://huggingface.co/{model}",
-            hub_id=model,
-        )
-    if entry.kind != "hf":
-        raise InputError(f"{model!r} is a {entry.kind!r} entry, not a Hugging Face model")
+    entry = hub_entry("hf", model)
     return fetch_hub(entry, offline=is_offline())
+
+
+def fetch_open_clip(model: str, tag: str) -> Path:
+    """The weights file of open_clip ``model`` with pretrained ``tag`` (registered or not),
+    through open_clip's hub cache, offline-aware like every other model."""
+    return fetch_hub(hub_entry("open_clip", f"{model}/{tag}"), offline=is_offline())

@@ -14,7 +14,16 @@ from typing import Literal
 
 from grounded_sam.errors import InputError, WeightsError
 
-__all__ = ["FILE_KINDS", "KINDS", "WeightEntry", "get", "list", "register", "unregister"]
+__all__ = [
+    "FILE_KINDS",
+    "KINDS",
+    "WeightEntry",
+    "get",
+    "hub_entry",
+    "list",
+    "register",
+    "unregister",
+]
 
 Kind = Literal["sam", "yolo", "hf", "open_clip"]
 KINDS: tuple[str, ...] = ("sam", "yolo", "hf", "open_clip")
@@ -113,6 +122,64 @@ def _yolo(name: str, size_mb: float, source: str) -> WeightEntry:
     )
 
 
+def _gdino(name: str, size_mb: float) -> WeightEntry:
+    page = f"https://huggingface.co/IDEA-Research/{name}"
+    return WeightEntry(
+        name=name,
+        kind="hf",
+        url=page,
+        filename=None,
+        sha256=None,
+        size_mb=size_mb,
+        license="Apache-2.0",
+        source=page,
+        hub_id=f"IDEA-Research/{name}",
+        notes="downloaded and cached by huggingface_hub (HF_HOME); integrity checked by the hub",
+    )
+
+
+def _clip(model: str, timm_name: str, size_mb: float) -> WeightEntry:
+    return WeightEntry(
+        name=f"clip-{model}-openai",
+        kind="open_clip",
+        url=f"https://huggingface.co/timm/{timm_name}.openai",
+        filename=None,
+        sha256=None,
+        size_mb=size_mb,
+        license="MIT",
+        source="https://github.com/openai/CLIP",
+        hub_id=f"{model}/openai",
+        notes="downloaded and cached by open_clip via huggingface_hub (HF_HOME)",
+    )
+
+
+def hub_entry(kind: str, hub_id: str) -> WeightEntry:
+    """The registry entry of a hub model (``kind`` ``"hf"``: ``"org/name"``; ``"open_clip"``:
+    ``"MODEL/TAG"``), or an unregistered one made on the fly so every hub model, registered
+    or not, resolves through the same cache and offline rules."""
+    try:
+        entry = get(hub_id)
+    except WeightsError:
+        if kind == "hf":
+            page, licence = f"https://huggingface.co/{hub_id}", "see the model card"
+        else:
+            page, licence = "https://github.com/mlfoundations/open_clip", "see open_clip"
+        return WeightEntry(
+            name=hub_id,
+            kind=kind,
+            url=page,
+            filename=None,
+            sha256=None,
+            size_mb=None,
+            license=licence,
+            source=page,
+            hub_id=hub_id,
+        )
+    if entry.kind != kind:
+        raise InputError(f"{hub_id!r} is a {entry.kind!r} entry, not a {kind!r} model")
+    return entry
+
+
 _FASTSAM_PAGE = "https://docs.ultralytics.com/models/fast-sam/"
 _YOLOV8_PAGE = "https://docs.ultralytics.com/models/yolov8/"
 
@@ -137,66 +204,11 @@ _BUILTIN: tuple[WeightEntry, ...] = (
     _yolo("yolov8m-seg", 55.0, _YOLOV8_PAGE),
     _yolo("yolov8l-seg", 92.0, _YOLOV8_PAGE),
     _yolo("yolov8x-seg", 144.0, _YOLOV8_PAGE),
-    WeightEntry(
-        name="grounding-dino-tiny",
-        kind="hf",
-        url="https://huggingface.co/IDEA-Research/grounding-dino-tiny",
-        filename=None,
-        sha256=None,
-        size_mb=690.0,
-        license="Apache-2.0",
-        source="https://huggingface.co/IDEA-Research/grounding-dino-tiny",
-        hub_id="IDEA-Research/grounding-dino-tiny",
-        notes="downloaded and cached by huggingface_hub (HF_HOME); integrity checked by the hub",
-    ),
-    WeightEntry(
-        name="grounding-dino-base",
-        kind="hf",
-        url="https://huggingface.co/IDEA-Research/grounding-dino-base",
-        filename=None,
-        sha256=None,
-        size_mb=930.0,
-        license="Apache-2.0",
-        source="https://huggingface.co/IDEA-Research/grounding-dino-base",
-        hub_id="IDEA-Research/grounding-dino-base",
-        notes="downloaded and cached by huggingface_hub (HF_HOME); integrity checked by the hub",
-    ),
-    WeightEntry(
-        name="clip-ViT-B-32-openai",
-        kind="open_clip",
-        url="https://huggingface.co/timm/vit_base_patch32_clip_224.openai",
-        filename=None,
-        sha256=None,
-        size_mb=605.0,
-        license="MIT",
-        source="https://github.com/openai/CLIP",
-        hub_id="ViT-B-32/openai",
-        notes="downloaded and cached by open_clip via huggingface_hub (HF_HOME)",
-    ),
-    WeightEntry(
-        name="clip-ViT-B-16-openai",
-        kind="open_clip",
-        url="https://huggingface.co/timm/vit_base_patch16_clip_224.openai",
-        filename=None,
-        sha256=None,
-        size_mb=599.0,
-        license="MIT",
-        source="https://github.com/openai/CLIP",
-        hub_id="ViT-B-16/openai",
-        notes="downloaded and cached by open_clip via huggingface_hub (HF_HOME)",
-    ),
-    WeightEntry(
-        name="clip-ViT-L-14-openai",
-        kind="open_clip",
-        url="https://huggingface.co/timm/vit_large_patch14_clip_224.openai",
-        filename=None,
-        sha256=None,
-        size_mb=1710.0,
-        license="MIT",
-        source="https://github.com/openai/CLIP",
-        hub_id="ViT-L-14/openai",
-        notes="downloaded and cached by open_clip via huggingface_hub (HF_HOME)",
-    ),
+    _gdino("grounding-dino-tiny", 690.0),
+    _gdino("grounding-dino-base", 930.0),
+    _clip("ViT-B-32", "vit_base_patch32_clip_224", 605.0),
+    _clip("ViT-B-16", "vit_base_patch16_clip_224", 599.0),
+    _clip("ViT-L-14", "vit_large_patch14_clip_224", 1710.0),
 )
 
 _REGISTRY: dict[str, WeightEntry] = {e.name: e for e in _BUILTIN}

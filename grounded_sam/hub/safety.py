@@ -124,7 +124,8 @@ def check_ultralytics_file(p: Path, source: str) -> None:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a checkpoint file safely (``weights_only=True``) on the CPU.
+    """Load a checkpoint file safely on the CPU: ``torch.load(weights_only=True)``, or
+    ``safetensors`` for ``.safetensors`` files.
 
     Accepts a plain state dict or a dict wrapping one under ``"model"`` or ``"state_dict"``.
     Pickled objects other than tensors/containers are refused by torch's restricted
@@ -144,6 +145,17 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise WeightsError(
             f"checkpoint {str(path)!r} is empty (0 bytes); delete it and download it again"
         )
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as e:  # noqa: BLE001 - safetensors raises several types
+            raise WeightsError(
+                f"{str(path)!r} is not a readable safetensors file ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200] if str(e) else ''}); delete it and download it "
+                "again"
+            ) from e
     with open(path, "rb") as f:
         head = f.read(2)
     # torch.save writes a zip archive (or, before torch 1.6, a pickle starting with PROTO 2)
@@ -189,6 +201,6 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(
             f"{str(path)!r} does not hold a state dict of tensors (got {type(obj).__name__}); "
-            "expected an official SAM/MobileSAM checkpoint"
+            "expected a checkpoint saved with torch.save(model.state_dict(), path)"
         )
     return obj

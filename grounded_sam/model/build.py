@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from grounded_sam.devices import resolve_device
 from grounded_sam.errors import InputError
 from grounded_sam.model.precision import check_precision
 from grounded_sam.model.registry import (
@@ -19,18 +20,6 @@ from grounded_sam.model.registry import (
 from grounded_sam.model.sam import SamBase
 
 __all__ = ["build_sam", "list_models", "check_state_dict", "resolve_device"]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` -> ``cuda`` when available, else ``cpu``; otherwise ``torch.device(device)``."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise InputError(
-            f"invalid device {device!r}: expected e.g. 'cpu', 'cuda' or 'cuda:0'"
-        ) from e
 
 
 def build_sam(
