@@ -140,7 +140,7 @@ def main(argv=None) -> None:
 
     from grounded_sam import AutomaticMaskGenerator, load_image
     from grounded_sam._amg import match_masks
-    from grounded_sam.model.build import resolve_device
+    from grounded_sam.devices import resolve_device
 
     device = resolve_device(args.device)
     if device.type == "cpu":

@@ -286,14 +286,13 @@ def bench_precision(
     from skimage.data import chelsea
 
     from grounded_sam import SamPredictor, build_sam
-    from grounded_sam.model.precision import encode_image
 
     fp32 = build_sam(name, checkpoint=checkpoint, device=device)
     low = build_sam(name, checkpoint=checkpoint, device=device, precision=mode)
     image, original_size, _ = chelsea_input(fp32.img_size)
     x = fp32.preprocess(image.to(device))
     times = interleaved_medians(
-        {"mode": lambda: encode_image(low, x), "fp32": lambda: encode_image(fp32, x)},
+        {"mode": lambda: low.encode(x)[0], "fp32": lambda: fp32.encode(x)[0]},
         device,
         repeats,
         warmup,

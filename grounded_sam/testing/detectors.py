@@ -142,8 +142,9 @@ def make_yolo_seg_pt(
     0.01 prior, so they are raised to ``cls_bias`` (mean) plus noise to get proposals.
     Returns the ``.pt`` path, loadable with ``ultralytics.YOLO(path)``.
     """
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    from ultralytics import YOLO
+    from grounded_sam.detectors.yolo_clip import _import_ultralytics
+
+    YOLO = _import_ultralytics().YOLO
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
