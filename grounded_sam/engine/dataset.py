@@ -48,12 +48,14 @@ the file now; error units are retried on every run.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -72,9 +74,11 @@ __all__ = [
     "REVIEW",
     "UNITS",
     "ImageUnit",
+    "atomic_open",
     "atomic_write",
     "dump_coco",
     "file_digest",
+    "file_mode",
     "find_image",
     "read_annotations",
     "read_candidates",
@@ -117,13 +121,34 @@ _STALE_SECONDS = 600  # a unit is written in well under a second; older temporar
 
 
 # --------------------------------------------------------------------------- files
+@functools.cache
+def file_mode() -> int:
+    """0o666 minus the process umask (what ``open()`` would give), read without changing it:
+    ``mkstemp`` makes 0600 files, which other users and tools could not read."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
+def _mkstemp(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, file_mode())
+    return fd, tmp
+
+
 def atomic_write(path: str | os.PathLike, data: str | bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and
     ``os.replace``: readers see the old file or the new one, never a mix; a crash leaves at
     most a ``.tmp-*`` file (ignored by readers, removed by :func:`remove_stale_temporaries`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    fd, tmp = _mkstemp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
@@ -136,11 +161,32 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, *, fsync: bool = Tr
         raise
 
 
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike, *, before_replace: Callable[[Path], None] | None = None
+) -> Iterator[TextIO]:
+    """A text file to stream into; it replaces ``path`` only when the block ends without an
+    exception (same guarantees as :func:`atomic_write`). ``before_replace(tmp)`` is called
+    with the complete temporary file just before the rename (e.g. to record its digest)."""
+    path = Path(path)
+    fd, tmp = _mkstemp(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _exclusive_write(path: Path, text: str) -> bool:
     """Create ``path`` with ``text`` only if it does not exist (atomic on POSIX: a hard link
     of a complete temporary file); ``False`` if another writer got there first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    fd, tmp = _mkstemp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode("utf-8"))
@@ -257,13 +303,11 @@ def write_annotations(dataset: str | os.PathLike, coco: Mapping[str, Any]) -> Pa
 
 
 def write_json_list(path: str | os.PathLike, records: Iterable[Any]) -> int:
-    """Atomically write a JSON list, one record per line; returns its length."""
-    import io
-
-    buf = io.StringIO()
-    n = _write_list(buf, records)
-    buf.write("\n")
-    atomic_write(path, buf.getvalue())
+    """Atomically write a JSON list, one record per line (streamed: ``records`` may be a
+    generator); returns its length."""
+    with atomic_open(path) as f:
+        n = _write_list(f, records)
+        f.write("\n")
     return n
 
 

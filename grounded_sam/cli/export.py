@@ -1,0 +1,92 @@
+"""``grounded-sam export DATASET --format yolo-seg|coco-polygons|masks --out DIR``: convert a
+labelled dataset (``annotations.json``, COCO with RLE) for other tools.
+
+The folder is written beside ``DIR`` and renamed into place when complete; an existing
+non-empty ``DIR`` is replaced only with ``--overwrite``. See
+:mod:`grounded_sam.engine.export_formats` for each format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from grounded_sam.cli._common import UsageError, add_debug_arg, atomic_dir
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``export`` on ``subparsers``."""
+    from grounded_sam.engine.export_formats import FORMATS
+
+    parser = subparsers.add_parser(
+        "export",
+        help="convert a labelled dataset to YOLO segmentation, COCO polygons or PNG masks",
+        description=(
+            "Convert DATASET/annotations.json (COCO with RLE masks, as `grounded-sam label` "
+            "writes it) to YOLO segmentation labels (DIR/data.yaml, DIR/labels/, DIR/images/), "
+            "COCO with polygons (DIR/annotations.json) or one PNG per instance (DIR/masks/)."
+        ),
+    )
+    add_debug_arg(parser)
+    parser.add_argument("dataset", metavar="DATASET", help="dataset folder (or a COCO file)")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--images",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="where the source images are (repeatable); default: the folders recorded by "
+        "`label` in DATASET/label.json",
+    )
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument(
+        "--copy-images",
+        action="store_true",
+        help="yolo-seg: copy the images into DIR/images/ (default: symbolic links)",
+    )
+    how.add_argument(
+        "--no-images", action="store_true", help="yolo-seg: write labels and data.yaml only"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace DIR if it exists and is not empty"
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from grounded_sam.engine.export_formats import export_dataset
+
+    src = Path(args.dataset)
+    if not src.exists():
+        raise UsageError(f"dataset {args.dataset!r} not found")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise UsageError(f"--out {args.out!r} is not empty; use --overwrite to replace it")
+    if out.resolve() == (src if src.is_dir() else src.parent).resolve():
+        raise UsageError("--out must not be the dataset folder itself")
+    if args.format != "yolo-seg" and (args.copy_images or args.no_images):
+        raise UsageError("--copy-images / --no-images apply to --format yolo-seg only")
+    mode = "copy" if args.copy_images else "none" if args.no_images else "link"
+    with atomic_dir(out) as tmp:
+        summary = export_dataset(
+            src, args.format, tmp, images=mode, image_roots=args.images, final_path=out
+        )
+    # the temporary folder was private (0700); give the result the usual permissions
+    os.chmod(out, 0o777 & ~_umask())
+    summary.out = out
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
+def _umask() -> int:
+    from grounded_sam.engine.dataset import file_mode
+
+    return 0o666 & ~file_mode()
