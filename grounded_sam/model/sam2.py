@@ -41,6 +41,7 @@ from grounded_sam.model.hiera import FpnNeck, Hiera, HieraImageEncoder, Mlp, add
 from grounded_sam.model.mask_decoder import MaskDecoder
 from grounded_sam.model.precision import autocast
 from grounded_sam.model.prompt_encoder import PromptEncoder
+from grounded_sam.model.sam import SamBase
 from grounded_sam.model.transformer import Attention, TwoWayTransformer
 
 __all__ = [
@@ -362,20 +363,16 @@ class Sam2MaskDecoder(MaskDecoder):
 
 
 # --------------------------------------------------------------------------- the model
-class Sam2(nn.Module):
-    """SAM 2.1 for single images, with the same interface as SAM 1's ``Sam`` (see the module
-    docstring for what differs inside).
+class Sam2(SamBase):
+    """SAM 2.1 for single images: the :class:`~grounded_sam.model.sam.SamBase` interface (see
+    the module docstring for what differs from SAM 1 inside it).
 
-    Attributes: ``name`` (registry name), ``family`` (``"sam2"``), ``mask_threshold`` (0.0),
-    ``image_format`` (``"RGB"``), ``img_size`` (1024), ``precision`` (``"fp32"`` unless
-    :func:`grounded_sam.model.precision.apply_precision` switched it),
-    ``dynamic_multimask_via_stability`` (the decoder's single-mask fallback; settable).
+    Attributes beyond ``SamBase``'s: ``dynamic_multimask_via_stability`` (the decoder's
+    single-mask fallback; settable); ``prompt_encoder`` / ``mask_decoder`` are the
+    ``sam_prompt_encoder`` / ``sam_mask_decoder`` modules (Meta's checkpoint names).
     """
 
-    family: str = "sam2"
-    mask_threshold: float = 0.0
-    image_format: str = "RGB"
-    precision: str = "fp32"
+    family = "sam2"
 
     def __init__(
         self,
@@ -385,12 +382,11 @@ class Sam2(nn.Module):
         mask_decoder: Sam2MaskDecoder,
         name: str = "sam2",
     ) -> None:
-        super().__init__()
+        super().__init__(name)
         self.image_encoder = image_encoder
         self.sam_prompt_encoder = prompt_encoder
         self.sam_mask_decoder = mask_decoder
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, prompt_encoder.embed_dim))
-        self.name = name
         self.register_buffer(
             "pixel_mean", torch.tensor(IMAGENET_MEAN).view(-1, 1, 1), persistent=False
         )
@@ -458,7 +454,7 @@ class Sam2(nn.Module):
                 f"SAM 2 expects a (B, 3, {s}, {s}) model input (see prepare_image), got shape "
                 f"{tuple(x.shape)}"
             )
-        with autocast(self, x.device):
+        with autocast(self.precision, x.device):
             emb, feat_s0, feat_s1 = self._encode(x)
         return (
             emb.float().permute(0, 3, 1, 2),
@@ -556,8 +552,8 @@ class Sam2(nn.Module):
             else:
                 points = (corners, corner_labels)
         pe = self.sam_prompt_encoder
-        sparse, dense = pe(points=points, boxes=None, masks=mask_input)
-        with autocast(self, sparse.device):
+        with autocast(self.precision, embedding.device):
+            sparse, dense = pe(points=points, boxes=None, masks=mask_input)
             low_res, iou = self.sam_mask_decoder(
                 image_embeddings=embedding,
                 image_pe=pe.get_dense_pe(),
@@ -728,11 +724,11 @@ def _identify(state_dict: Mapping[str, torch.Tensor]) -> str:
             if keys & set(MEMORY_KEYS) and not keys & SAM21_ONLY_KEYS:
                 return f"a SAM 2.0 checkpoint of the {name.replace('sam2.1', 'sam2')!r} size"
             return f"a {name!r} checkpoint"
-    if any(k.startswith(("image_encoder.neck", "image_encoder.trunk")) for k in keys):
+    if any(k.startswith("image_encoder.trunk.") for k in keys):
         return "a SAM 2 checkpoint of another size or a damaged one"
-    if any(k.startswith("image_encoder.blocks") for k in keys):
+    if any(k.startswith("image_encoder.blocks.") for k in keys):
         return "a SAM 1 (ViT) checkpoint"
-    if any(k.startswith("image_encoder.layers") for k in keys):
+    if any(k.startswith("image_encoder.layers.") for k in keys):
         return "a MobileSAM checkpoint"
     return "not a SAM 2 checkpoint"
 
@@ -764,7 +760,8 @@ def image_state_dict(
                 "grounded_sam.weights)"
             )
         unexpected = sorted(memory - set(MEMORY_KEYS))
-        missing_mem = sorted(set(MEMORY_KEYS) - memory)
+        # a file with some of the video modules must have all of them (truncated otherwise)
+        missing_mem = sorted(set(MEMORY_KEYS) - memory) if memory & set(MEMORY_KEYS) else []
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected keys: {_first(unexpected)}")
         if missing_mem:

@@ -1,9 +1,8 @@
 """SAM 2.1 core: parity with Meta's ``sam2`` on identical random weights, and checkpoint checks.
 
 Reference: Meta's ``SAM2ImagePredictor`` around ``build_sam2(...)`` models whose every float
-tensor is perturbed (:mod:`grounded_sam.testing.sam2_refs`). Ours is driven through the
-family interface every SAM model provides (``prepare_image`` / ``encode`` /
-``transform_coords`` / ``decode`` / ``postprocess_masks``), as ``SamPredictor`` does.
+tensor is perturbed (:mod:`grounded_sam.testing.sam2_refs`); ours through ``SamPredictor``,
+the same predictor as for SAM 1.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from grounded_sam import SamPredictor
 from grounded_sam.errors import InputError, WeightsError
 from grounded_sam.model.sam2 import (
     MEMORY_KEYS,
@@ -62,53 +62,6 @@ PROMPTS = {
 }
 
 
-class FamilyPredictor:
-    """The predictor's use of a SAM model, through the family interface only (a stand-in for
-    ``SamPredictor`` in this file)."""
-
-    def __init__(self, model: Sam2) -> None:
-        self.model = model
-
-    @torch.no_grad()
-    def set_image(self, image: np.ndarray) -> None:
-        x, self.input_size = self.model.prepare_image(image)
-        self.embedding, self.high_res = self.model.encode(x)
-        self.original_size = image.shape[:2]
-
-    def _frame(self, xy: np.ndarray) -> torch.Tensor:
-        return self.model.transform_coords(
-            torch.as_tensor(xy, dtype=torch.float32), self.original_size, self.input_size
-        )
-
-    @torch.no_grad()
-    def predict(
-        self,
-        point_coords=None,
-        point_labels=None,
-        box=None,
-        mask_input=None,
-        multimask_output=True,
-        return_logits=False,
-    ):
-        coords = labels = boxes = masks_in = None
-        if box is not None:
-            boxes = self._frame(np.asarray(box, dtype=np.float32).reshape(-1, 2, 2)).reshape(-1, 4)
-        n = 1 if boxes is None else boxes.shape[0]
-        if point_coords is not None:
-            coords = self._frame(point_coords)[None].expand(n, -1, -1)
-            labels = torch.as_tensor(point_labels, dtype=torch.int32)[None].expand(n, -1)
-        if mask_input is not None:
-            masks_in = torch.as_tensor(mask_input, dtype=torch.float32)[None]
-        low, iou = self.model.decode(
-            self.embedding, self.high_res, coords, labels, boxes, masks_in, multimask_output
-        )
-        logits = self.model.postprocess_masks(low, self.input_size, self.original_size)
-        masks = logits if return_logits else logits > self.model.mask_threshold
-        if box is None or np.asarray(box).ndim == 1:
-            masks, iou, low = masks[0], iou[0], low[0]
-        return masks.numpy(), iou.numpy(), low.numpy()
-
-
 def _pair(config, seed: int = 0, dynamic: bool = True):
     ref = meta_sam2(config, seed=seed, dynamic_multimask_via_stability=dynamic)
     ours = build_sam2_model(config, dynamic_multimask_via_stability=dynamic)
@@ -127,30 +80,49 @@ def _check(ref_out, our_out, case: str) -> None:
 
 
 def _run_parity(ref_model, ours: Sam2, image: np.ndarray) -> dict[str, float]:
-    """Every prompt kind through Meta's SAM2ImagePredictor and ours; returns the worst
-    differences seen (for the report)."""
-    ref, mine = meta_image_predictor(ref_model), FamilyPredictor(ours)
+    """Every prompt kind through Meta's SAM2ImagePredictor and our SamPredictor; returns the
+    worst differences seen (for the report)."""
+    ref, mine = meta_image_predictor(ref_model), SamPredictor(ours)
     ref.set_image(image)
     mine.set_image(image)
-    assert mine.embedding.shape == (1, 256, 64, 64)
-    assert [tuple(f.shape) for f in mine.high_res] == [(1, 32, 256, 256), (1, 64, 128, 128)]
-    seen = {"embedding": rel_diff(ref._features["image_embed"], mine.embedding)}
-    for i, (r, o) in enumerate(zip(ref._features["high_res_feats"], mine.high_res, strict=True)):
+    emb = mine.get_embedding()
+    assert emb.features.shape == (1, 256, 64, 64)
+    assert [tuple(f.shape) for f in emb.high_res] == [(1, 32, 256, 256), (1, 64, 128, 128)]
+    seen = {"embedding": rel_diff(ref._features["image_embed"], emb.features)}
+    for i, (r, o) in enumerate(zip(ref._features["high_res_feats"], emb.high_res, strict=True)):
         seen[f"feat_s{i}"] = rel_diff(r, o)
     for key, value in seen.items():
         assert value <= FEATURE_TOL, f"{key}: {value:.2e}"
     worst = {"logits": 0.0, "iou": 0.0, "mask_disagreement": 0.0}
-    for name, kw in PROMPTS.items():
-        r, o = ref.predict(**kw), mine.predict(**kw)
-        _check(r, o, name)
+
+    def record(r, o) -> None:
         worst["logits"] = max(worst["logits"], rel_diff(r[2], o[2]))
         worst["iou"] = max(worst["iou"], float(np.abs(r[1] - o[1]).max()))
         worst["mask_disagreement"] = max(worst["mask_disagreement"], float((r[0] != o[0]).mean()))
-        if np.asarray(kw.get("box", np.zeros(4))).ndim == 1:
-            # mask_input: the best low-res mask of the previous call fed back
-            best = int(np.argmax(r[1]))
-            kw2 = dict(kw, mask_input=r[2][best : best + 1], multimask_output=False)
-            _check(ref.predict(**kw2), mine.predict(**kw2), f"{name} + mask_input")
+
+    for name, kw in PROMPTS.items():
+        r = ref.predict(**kw)
+        if np.asarray(kw.get("box", np.zeros(4))).ndim == 2:
+            # several boxes in one call: predict_boxes (full-res) and predict_low_res
+            masks, scores = mine.predict_boxes(kw["box"], multimask_output=kw["multimask_output"])
+            low, iou = mine.predict_low_res(
+                boxes=kw["box"], multimask_output=kw["multimask_output"]
+            )
+            assert torch.allclose(iou.cpu(), torch.as_tensor(scores))
+            o = (masks, scores, low.cpu().numpy())
+            _check(r, o, name)
+            logits, _ = mine.predict_boxes(kw["box"], kw["multimask_output"], return_logits=True)
+            r_logits = ref.predict(**kw, return_logits=True)[0]
+            assert rel_diff(r_logits, logits) <= LOGIT_TOL, name
+            record(r, o)
+            continue
+        o = mine.predict(**kw)
+        _check(r, o, name)
+        record(r, o)
+        # mask_input: the best low-res mask of the previous call fed back
+        best = int(np.argmax(r[1]))
+        kw2 = dict(kw, mask_input=r[2][best : best + 1], multimask_output=False)
+        _check(ref.predict(**kw2), mine.predict(**kw2), f"{name} + mask_input")
     # full-resolution logits, the un-thresholded output
     r = ref.predict(**PROMPTS["box"], return_logits=True)[0]
     o = mine.predict(**PROMPTS["box"], return_logits=True)[0]
@@ -180,7 +152,7 @@ def test_logits_clamped_as_meta(chelsea):
         for model in (ref, ours):
             for mlp in model.sam_mask_decoder.output_hypernetworks_mlps:
                 mlp.layers[2].weight.mul_(20)
-    rp, op = meta_image_predictor(ref), FamilyPredictor(ours)
+    rp, op = meta_image_predictor(ref), SamPredictor(ours)
     rp.set_image(chelsea)
     op.set_image(chelsea)
     for kw in (PROMPTS["box"], PROMPTS["point_multimask"]):

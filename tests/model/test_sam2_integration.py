@@ -1,0 +1,181 @@
+"""SAM 2.1 through the package: registry and weights entries, ``build_sam`` options and
+checkpoint errors, precision modes, the pipeline, and automatic masks against Meta's
+``SAM2AutomaticMaskGenerator`` on identical random weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from grounded_sam import AutomaticMaskGenerator, GroundedSAM, SamPredictor, build_sam, weights
+from grounded_sam.automatic import FAMILY_DEFAULTS
+from grounded_sam.errors import InputError, WeightsError
+from grounded_sam.model import list_models
+from grounded_sam.model.sam2 import TEST_CONFIG, Sam2, build_sam2_model, image_state_dict
+from grounded_sam.testing.sam2_refs import random_sam2, random_sam2_checkpoint
+from grounded_sam.testing.sam_refs import rel_diff
+
+SAM2_NAMES = [
+    "sam2.1_hiera_tiny",
+    "sam2.1_hiera_small",
+    "sam2.1_hiera_base_plus",
+    "sam2.1_hiera_large",
+]
+
+
+# --------------------------------------------------------------------------- registry
+def test_registered_with_metas_weights():
+    assert set(SAM2_NAMES) <= set(list_models())
+    sizes = {}
+    for name in SAM2_NAMES:
+        entry = weights.get(name)
+        assert entry.kind == "sam" and entry.filename == f"{name}.pt"
+        assert entry.url == f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/{name}.pt"
+        assert entry.license == "Apache-2.0" and entry.sha256 is None
+        sizes[name] = entry.size_mb
+    assert sizes == {
+        "sam2.1_hiera_tiny": 156.0,
+        "sam2.1_hiera_small": 184.0,
+        "sam2.1_hiera_base_plus": 324.0,
+        "sam2.1_hiera_large": 898.0,
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    """A random sam2.1_hiera_tiny file in Meta's format (video keys included)."""
+    return random_sam2_checkpoint(
+        "sam2.1_hiera_tiny", tmp_path_factory.mktemp("w") / "sam2.1_hiera_tiny.pt", seed=7
+    )
+
+
+def test_build_sam_loads_metas_format_and_takes_the_stability_option(tiny_file):
+    sam = build_sam("sam2.1_hiera_tiny", checkpoint=tiny_file, device="cpu")
+    assert isinstance(sam, Sam2) and sam.family == "sam2" and not sam.training
+    assert sam.dynamic_multimask_via_stability  # Meta's build_sam2 default
+    saved = torch.load(tiny_file, weights_only=True)["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in sam.state_dict().items())
+    off = build_sam(
+        "sam2.1_hiera_tiny",
+        checkpoint=tiny_file,
+        device="cpu",
+        dynamic_multimask_via_stability=False,
+    )
+    assert not off.dynamic_multimask_via_stability
+    with pytest.raises(InputError, match="dynamic_multimask_via_stability"):
+        build_sam("vit_b", pretrained=False, dynamic_multimask_via_stability=False)
+    with pytest.raises(InputError, match="unknown option"):
+        build_sam("sam2.1_hiera_tiny", pretrained=False, stability=False)
+
+
+def test_build_sam_names_the_file_a_checkpoint_really_is(tiny_file, tmp_path):
+    with pytest.raises(WeightsError, match=r"looks like a 'sam2\.1_hiera_tiny' checkpoint"):
+        build_sam("sam2.1_hiera_small", checkpoint=tiny_file, device="cpu")
+    with pytest.raises(WeightsError, match=r"this file is a 'sam2\.1_hiera_tiny' checkpoint"):
+        build_sam("mobile_sam", checkpoint=tiny_file, device="cpu")
+    from grounded_sam.testing.sam_refs import meta_tiny_vit_sam, save_checkpoint
+
+    sam1 = save_checkpoint(meta_tiny_vit_sam(), tmp_path / "sam1.pth")
+    with pytest.raises(WeightsError, match="SAM 1"):
+        build_sam("sam2.1_hiera_tiny", checkpoint=sam1, device="cpu")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(tiny_file.read_bytes()[:1000])
+    with pytest.raises(WeightsError, match="cut.pt"):
+        build_sam("sam2.1_hiera_tiny", checkpoint=cut, device="cpu")
+
+
+# --------------------------------------------------------------------------- precision
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_precision_modes(precision, chelsea):
+    """int8 quantises Hiera's linear layers, bf16 autocasts encode and decode; outputs stay
+    float32 and close to fp32."""
+    ref, low = random_sam2(seed=2), random_sam2(seed=2).set_precision(precision)
+    assert low.precision == precision
+    pr, pl = SamPredictor(ref), SamPredictor(low)
+    pr.set_image(chelsea)
+    pl.set_image(chelsea)
+    emb = pl.get_embedding()
+    assert emb.features.dtype == torch.float32
+    assert all(t.dtype == torch.float32 for t in emb.high_res)
+    assert rel_diff(pr.get_embedding().features, emb.features) < 0.2
+    box = np.array([120, 30, 360, 290])
+    mr, _, _ = pr.predict(box=box, multimask_output=False)
+    ml, il, ll = pl.predict(box=box, multimask_output=False)
+    assert il.dtype == np.float32 and ll.dtype == np.float32
+    assert (mr == ml).mean() > 0.95
+    if precision == "bf16":
+        assert not torch.equal(pr.get_embedding().features, emb.features)  # autocast ran
+
+
+# --------------------------------------------------------------------------- pipeline
+def test_pipeline_runs_with_a_tiny_sam2(chelsea):
+    from grounded_sam.testing.pipeline import StubDetector
+
+    det = StubDetector([[120, 30, 360, 290], [0, 0, 200, 150]], [0.9, 0.8], ["cat", "floor"])
+    pipe = GroundedSAM(detector=det, sam=random_sam2(seed=1), device="cpu")
+    result = pipe.segment(chelsea, "cat. floor.")
+    assert result.masks.shape == (2, 300, 451) and result.masks.dtype == bool
+    assert list(result.labels) == ["cat", "floor"]
+    # the same masks as the predictor gives for those boxes
+    p = SamPredictor(pipe.predictor.model)
+    p.set_image(chelsea)
+    masks, _ = p.predict_boxes(np.array([[120, 30, 360, 290], [0, 0, 200, 150]]))
+    assert np.array_equal(result.masks, masks[:, 0])
+
+
+# --------------------------------------------------------------------------- automatic
+def test_automatic_defaults_follow_the_model_family():
+    assert FAMILY_DEFAULTS["sam2"]["pred_iou_thresh"] == 0.8
+    assert AutomaticMaskGenerator(random_sam2()).pred_iou_thresh == 0.8
+    from grounded_sam.testing.pipeline import tiny_sam
+
+    assert AutomaticMaskGenerator(tiny_sam()).pred_iou_thresh == 0.88
+    assert AutomaticMaskGenerator(random_sam2(), pred_iou_thresh=0.5).pred_iou_thresh == 0.5
+    AutomaticMaskGenerator.validate_knobs(use_m2m=True, multimask_output=False)
+    with pytest.raises(InputError, match="use_m2m"):
+        AutomaticMaskGenerator.validate_knobs(use_m2m="yes")
+
+
+def _match_records(meta: list[dict], ours: list[dict]) -> None:
+    """Same masks, in the same order, with the same boxes, scores, points and crops."""
+    assert len(ours) == len(meta) and len(meta) > 0
+    for m, o in zip(meta, ours, strict=True):
+        agree = (m["segmentation"] == o["segmentation"]).mean()
+        assert agree >= 0.999, agree
+        assert abs(m["area"] - o["area"]) <= 0.001 * m["segmentation"].size
+        assert np.allclose(m["bbox"], o["bbox"], atol=1)
+        assert abs(m["predicted_iou"] - o["predicted_iou"]) <= 1e-4
+        assert abs(m["stability_score"] - o["stability_score"]) <= 1e-3
+        assert np.allclose(m["point_coords"], o["point_coords"], rtol=1e-6)
+        assert list(m["crop_box"]) == list(o["crop_box"])
+
+
+# Random weights give near-zero stability scores and predicted IoUs around 0.5-0.6: Meta's
+# defaults keep nothing, so the filters are loosened (NMS as Meta's default).
+KNOBS = dict(pred_iou_thresh=0.5, stability_score_thresh=0.0, min_mask_region_area=0)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(points_per_side=4),
+        dict(points_per_side=3, use_m2m=True),
+        dict(points_per_side=3, multimask_output=False),
+        dict(points_per_side=2, crop_n_layers=1),
+    ],
+    ids=["grid", "m2m", "single_mask", "crops"],
+)
+def test_automatic_masks_match_metas_sam2_generator(extra, chelsea):
+    pytest.importorskip("sam2")
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    from grounded_sam.testing.sam2_refs import meta_sam2
+
+    ref = meta_sam2(TEST_CONFIG, seed=3)
+    ours = build_sam2_model(TEST_CONFIG).eval()
+    ours.load_state_dict(image_state_dict(TEST_CONFIG, ref.state_dict()))
+    knobs = dict(KNOBS, **extra)
+    meta = SAM2AutomaticMaskGenerator(ref, **knobs).generate(chelsea)
+    mine = AutomaticMaskGenerator(ours, **knobs).generate(chelsea)
+    _match_records(meta, mine)
