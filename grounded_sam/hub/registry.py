@@ -108,6 +108,21 @@ def _sam(name: str, filename: str, size_mb: float) -> WeightEntry:
     )
 
 
+def _sam2(name: str, size_mb: float) -> WeightEntry:
+    """Meta's SAM 2.1 checkpoint ``<name>.pt`` (``{"model": state_dict}``, video modules
+    included; the image path keeps its part)."""
+    return WeightEntry(
+        name=name,
+        kind="sam",
+        url=f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/{name}.pt",
+        filename=f"{name}.pt",
+        sha256=None,
+        size_mb=size_mb,
+        license="Apache-2.0",
+        source="https://github.com/facebookresearch/sam2#model-description",
+    )
+
+
 def _yolo(name: str, size_mb: float, source: str) -> WeightEntry:
     return WeightEntry(
         name=name,
@@ -197,6 +212,10 @@ _BUILTIN: tuple[WeightEntry, ...] = (
         license="Apache-2.0",
         source="https://github.com/ChaoningZhang/MobileSAM",
     ),
+    _sam2("sam2.1_hiera_tiny", 156.0),
+    _sam2("sam2.1_hiera_small", 184.0),
+    _sam2("sam2.1_hiera_base_plus", 324.0),
+    _sam2("sam2.1_hiera_large", 898.0),
     _yolo("FastSAM-s", 24.0, _FASTSAM_PAGE),
     _yolo("FastSAM-x", 145.0, _FASTSAM_PAGE),
     _yolo("yolov8n-seg", 7.0, _YOLOV8_PAGE),

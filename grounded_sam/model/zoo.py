@@ -98,3 +98,46 @@ register_model(
         description="MobileSAM: TinyViT-5M encoder + SAM's decoder; mobile_sam.pt",
     )
 )
+
+
+# SAM 2.1 (Hiera): the image path of Meta's sam2.1_hiera_*.pt; the builders and the checkpoint
+# filter (which checks that what it drops is exactly the video modules) live in model/sam2.py.
+def _sam2(name: str):
+    def build(*, dynamic_multimask_via_stability: bool = True):
+        from grounded_sam.model.sam2 import build_sam2_model
+
+        model = build_sam2_model(
+            name, dynamic_multimask_via_stability=dynamic_multimask_via_stability
+        )
+        return model.eval()
+
+    return build
+
+
+def _sam2_checkpoint(name: str):
+    def convert(state_dict: dict, source: str) -> dict:
+        from grounded_sam.model.sam2 import image_state_dict
+
+        return image_state_dict(name, state_dict, source)
+
+    return convert
+
+
+for _name, _what in (
+    ("sam2.1_hiera_tiny", "Hiera-T, 27M encoder parameters"),
+    ("sam2.1_hiera_small", "Hiera-S, 34M"),
+    ("sam2.1_hiera_base_plus", "Hiera-B+, 69M"),
+    ("sam2.1_hiera_large", "Hiera-L, 213M"),
+):
+    register_model(
+        ModelConfig(
+            _name,
+            "sam2",
+            _sam2(_name),
+            weights=_name,
+            description=f"SAM 2.1 {_what}; Meta's {_name}.pt (image path)",
+            # Meta's build_sam2 turns the single-mask stability fallback on
+            options={"dynamic_multimask_via_stability": True},
+            convert_checkpoint=_sam2_checkpoint(_name),
+        )
+    )

@@ -13,7 +13,16 @@ from grounded_sam.testing.sam_refs import meta_tiny_vit_sam
 
 
 def test_list_models():
-    assert list_models() == ["mobile_sam", "vit_b", "vit_h", "vit_l"]
+    assert list_models() == [
+        "mobile_sam",
+        "sam2.1_hiera_base_plus",
+        "sam2.1_hiera_large",
+        "sam2.1_hiera_small",
+        "sam2.1_hiera_tiny",
+        "vit_b",
+        "vit_h",
+        "vit_l",
+    ]
 
 
 def test_unknown_variant_lists_valid_names():
