@@ -1,5 +1,6 @@
 """``AutomaticMaskGenerator``: "segment everything", a drop-in for Meta's
-``segment_anything.SamAutomaticMaskGenerator`` (same knobs, semantics and output records).
+``segment_anything.SamAutomaticMaskGenerator`` (same knobs, semantics and output records),
+and for SAM 2.1 models of ``sam2.SAM2AutomaticMaskGenerator`` (its defaults and options).
 
 A regular grid of single-point prompts over the image (and optionally over a pyramid of
 overlapping crops) is decoded into 3 candidate masks per point; candidates are filtered
@@ -41,6 +42,12 @@ __all__ = ["AutomaticMaskGenerator"]
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 _UPSCALE_BUDGET = 256 * 1024 * 1024  # bytes of float32 logits upsampled at once
+# Meta's defaults where its two generators differ, by model family: SAM 1 / MobileSAM
+# (``SamAutomaticMaskGenerator``) and SAM 2.1 (``SAM2AutomaticMaskGenerator``).
+FAMILY_DEFAULTS: dict[str, dict[str, float]] = {
+    "sam": {"pred_iou_thresh": 0.88},
+    "sam2": {"pred_iou_thresh": 0.8},
+}
 
 
 def _check_int(value: object, name: str, minimum: int) -> int:
@@ -82,7 +89,9 @@ class AutomaticMaskGenerator:
         points_per_side: points along each side of the grid (``points_per_side**2`` points
             per crop layer 0); ``None`` when ``point_grids`` is given.
         points_per_batch: points decoded together (memory vs speed; no effect on results).
-        pred_iou_thresh: keep masks whose predicted IoU is ``>`` this, in [0, 1] (0 disables).
+        pred_iou_thresh: keep masks whose predicted IoU is ``>`` this, in [0, 1] (0 disables);
+            ``None``: the model family's default (:data:`FAMILY_DEFAULTS`: 0.88 for SAM 1 and
+            MobileSAM, 0.8 for SAM 2.1, as Meta's two generators).
         stability_score_thresh: keep masks whose stability score is ``>=`` this, in [0, 1]
             (0 disables).
         stability_score_offset: the stability score is the IoU of the masks at
@@ -100,6 +109,10 @@ class AutomaticMaskGenerator:
         output_mode: ``"binary_mask"`` ((H, W) bool arrays), ``"uncompressed_rle"`` or
             ``"coco_rle"`` (pycocotools, JSON-ready).
         mask_threshold: logit threshold binarising masks (SAM uses 0.0). Keyword-only.
+        multimask_output: decode 3 candidate masks per point (default) or 1. Keyword-only.
+        use_m2m: SAM 2's "mask to mask" refinement: each candidate is decoded once more with
+            its own low-res logits as ``mask_input`` (single-mask output) before filtering, as
+            ``SAM2AutomaticMaskGenerator(use_m2m=True)``. Any family. Keyword-only.
     """
 
     def __init__(
@@ -107,7 +120,7 @@ class AutomaticMaskGenerator:
         model: Any,
         points_per_side: int | None = 32,
         points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
+        pred_iou_thresh: float | None = None,
         stability_score_thresh: float = 0.95,
         stability_score_offset: float = 1.0,
         box_nms_thresh: float = 0.7,
@@ -120,6 +133,8 @@ class AutomaticMaskGenerator:
         output_mode: str = "binary_mask",
         *,
         mask_threshold: float = 0.0,
+        multimask_output: bool = True,
+        use_m2m: bool = False,
     ) -> None:
         if isinstance(model, SamPredictor):
             predictor = model
@@ -130,6 +145,9 @@ class AutomaticMaskGenerator:
                 "model must be a Sam (from grounded_sam.build_sam) or a SamPredictor, "
                 f"got {type(model).__name__}"
             )
+        if pred_iou_thresh is None:
+            family = FAMILY_DEFAULTS.get(predictor.model.family, FAMILY_DEFAULTS["sam"])
+            pred_iou_thresh = family["pred_iou_thresh"]
         self._set_knobs(
             points_per_side=points_per_side,
             points_per_batch=points_per_batch,
@@ -145,6 +163,8 @@ class AutomaticMaskGenerator:
             min_mask_region_area=min_mask_region_area,
             output_mode=output_mode,
             mask_threshold=mask_threshold,
+            multimask_output=multimask_output,
+            use_m2m=use_m2m,
         )
         self.predictor = predictor
 
@@ -157,6 +177,8 @@ class AutomaticMaskGenerator:
         bound.apply_defaults()
         args = dict(bound.arguments)
         del args["self"], args["model"]
+        if args["pred_iou_thresh"] is None:  # the family default: valid for every family
+            args["pred_iou_thresh"] = FAMILY_DEFAULTS["sam"]["pred_iou_thresh"]
         cls.__new__(cls)._set_knobs(**args)
 
     def _set_knobs(
@@ -176,7 +198,14 @@ class AutomaticMaskGenerator:
         min_mask_region_area: float,
         output_mode: str,
         mask_threshold: float,
+        multimask_output: bool,
+        use_m2m: bool,
     ) -> None:
+        for flag, value in (("multimask_output", multimask_output), ("use_m2m", use_m2m)):
+            if not isinstance(value, bool):
+                raise InputError(f"{flag} must be True or False, got {value!r}")
+        self.multimask_output = multimask_output
+        self.use_m2m = use_m2m
         self.points_per_batch = _check_int(points_per_batch, "points_per_batch", 1)
         self.pred_iou_thresh = _check_real(pred_iou_thresh, "pred_iou_thresh", 0.0, 1.0)
         self.stability_score_thresh = _check_real(
@@ -333,10 +362,12 @@ class AutomaticMaskGenerator:
             coords = points[start : start + self.points_per_batch, None, :]
             labels = np.ones(coords.shape[:2], dtype=np.int64)
             low, iou = p.predict_low_res(
-                point_coords=coords, point_labels=labels, multimask_output=True
+                point_coords=coords, point_labels=labels, multimask_output=self.multimask_output
             )
             n_out = low.shape[1]
             low, iou = low.flatten(0, 1), iou.flatten(0, 1)
+            if self.use_m2m:
+                low, iou = self._refine_m2m(np.repeat(coords, n_out, axis=0), low)
             idx = torch.arange(start * n_out, start * n_out + low.shape[0], device=dev)
             if self.pred_iou_thresh > 0:
                 keep = iou > self.pred_iou_thresh
@@ -388,6 +419,29 @@ class AutomaticMaskGenerator:
             "crop_size": crop_size,
             "crop_box": crop_box,
         }
+
+    def _refine_m2m(
+        self, coords: np.ndarray, low: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each candidate decoded again from its point with its own low-res logits as
+        ``mask_input``, single-mask output (Meta's ``refine_with_m2m``), ``points_per_batch``
+        candidates at a time: (N, 1, 2) points, (N, 256, 256) logits -> refined (N, 256, 256)
+        logits and (N,) predicted IoU."""
+        p = self.predictor
+        lows, ious = [], []
+        for i in range(0, len(low), self.points_per_batch):
+            pts = coords[i : i + self.points_per_batch]
+            refined, iou = p.predict_low_res(
+                point_coords=pts,
+                point_labels=np.ones(pts.shape[:2], dtype=np.int64),
+                mask_input=low[i : i + self.points_per_batch, None],
+                multimask_output=False,
+            )
+            lows.append(refined[:, 0])
+            ious.append(iou[:, 0])
+        if not lows:
+            return low, low.new_zeros(0)
+        return torch.cat(lows), torch.cat(ious)
 
     def _final_masks(
         self,
