@@ -5,7 +5,7 @@
 
 Prints one markdown table (the columns of ``benchmarks/run.py``), two rows per variant:
 
-- ``<variant> set_image``: our predictor's ``set_image`` (square resize, ImageNet
+- ``<variant> set_image``: our ``SamPredictor.set_image`` (square resize, ImageNet
   normalisation, Hiera trunk, FPN neck, ``conv_s0``/``conv_s1``) against Meta's
   ``SAM2ImagePredictor.set_image``; the difference column is the image embedding's.
 - ``<variant> predict, 1 box``: one box prompt, single-mask output, masks at the image size,
@@ -32,7 +32,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import run
@@ -46,34 +45,6 @@ VARIANTS = {
     "large": "sam2.1_hiera_large",
 }
 BOX = np.array([120, 30, 360, 290])  # the cat in chelsea (300 x 451)
-
-
-class _FamilyDriver:
-    """``set_image`` / ``predict`` through the SAM family interface (what ``SamPredictor``
-    does for every model family)."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    @torch.no_grad()
-    def set_image(self, image: np.ndarray) -> None:
-        x, self.input_size = self.model.prepare_image(image)
-        self.embedding, self.high_res = self.model.encode(x)
-        self.original_size = image.shape[:2]
-
-    @torch.no_grad()
-    def predict(self, box: np.ndarray, multimask_output: bool = False, return_logits=False):
-        corners = torch.as_tensor(box, dtype=torch.float32, device=self.model.device)
-        corners = self.model.transform_coords(
-            corners.reshape(-1, 2, 2), self.original_size, self.input_size
-        )
-        low, iou = self.model.decode(
-            self.embedding, self.high_res, None, None, corners.reshape(-1, 4), None,
-            multimask_output,
-        )  # fmt: skip
-        logits = self.model.postprocess_masks(low, self.input_size, self.original_size)
-        masks = logits if return_logits else logits > self.model.mask_threshold
-        return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low[0].cpu().numpy()
 
 
 def timed_pair(
@@ -110,7 +81,7 @@ def _row(stage: str, ours, ref, device, repeats, warmup, diff: float) -> run.Row
 def sam2_pair(name: str, device: torch.device, tmp: Path):
     """(our predictor, Meta's SAM2ImagePredictor) on identical perturbed weights; ours is
     loaded from Meta's checkpoint format."""
-    from grounded_sam.model.sam2 import build_sam2
+    from grounded_sam import SamPredictor, build_sam
     from grounded_sam.testing.sam2_refs import (
         meta_image_predictor,
         meta_sam2,
@@ -119,8 +90,8 @@ def sam2_pair(name: str, device: torch.device, tmp: Path):
 
     meta = meta_sam2(name)
     path = save_sam2_checkpoint(meta, tmp / f"{name}.pt")
-    ours = build_sam2(name, checkpoint=path, device=device)
-    return _FamilyDriver(ours), meta_image_predictor(meta.to(device).eval())
+    ours = build_sam(name, checkpoint=path, device=device)
+    return SamPredictor(ours), meta_image_predictor(meta.to(device).eval())
 
 
 @torch.no_grad()
@@ -141,7 +112,7 @@ def rows(
             ours, ref = sam2_pair(name, device, Path(tmp))
             ours.set_image(image)
             ref.set_image(image)
-            diff = rel_diff(ref.get_image_embedding(), ours.embedding)
+            diff = rel_diff(ref.get_image_embedding(), ours.get_image_embedding())
             out.append(
                 _row(
                     f"{name} set_image",

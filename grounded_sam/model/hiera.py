@@ -250,16 +250,20 @@ class HieraBlock(nn.Module):
         del a
         return self._mlp_chunked(x)
 
-    # Tokens per step of the CPU MLP path: the (tokens, 4C) hidden activations stay in cache.
-    _MLP_CHUNK = 1024
+    # Bytes of (tokens, 4C) hidden activations per step of the CPU MLP path: small enough to
+    # stay in cache between the two linear layers, large enough that a step is not dominated
+    # by per-call overhead (few steps also matter when other processes share the cores).
+    _MLP_CHUNK_BYTES = 6 << 20
 
     def _mlp_chunked(self, x: torch.Tensor) -> torch.Tensor:
         """``x + mlp(norm2(x))`` for a (.., C) tensor ``x`` the caller owns (written in place)."""
         c = x.shape[-1]
         x2d = x.view(-1, c)
-        for i in range(0, x2d.shape[0], self._MLP_CHUNK):
-            rows = x2d[i : i + self._MLP_CHUNK]
-            rows.copy_(self.mlp.forward_residual(self.norm2(rows), rows))
+        hidden = self.mlp.layers[0].out_features
+        rows = max(64, self._MLP_CHUNK_BYTES // (hidden * x.element_size()))
+        for i in range(0, x2d.shape[0], rows):
+            part = x2d[i : i + rows]
+            part.copy_(self.mlp.forward_residual(self.norm2(part), part))
         return x
 
 
