@@ -433,7 +433,9 @@ class Sam2(SamBase):
         if image.dtype != np.uint8:
             raise InputError(f"expected an (H, W, 3) uint8 RGB array, got dtype {image.dtype}")
         s = self.img_size
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        if not (image.flags.c_contiguous and image.flags.writeable):
+            image = np.array(image, order="C")  # torch needs a writable, contiguous buffer
+        x = torch.from_numpy(image).to(self.device)
         x = x.permute(2, 0, 1).contiguous().float().div(255)
         x = F.interpolate(
             x[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True

@@ -179,3 +179,37 @@ def test_automatic_masks_match_metas_sam2_generator(extra, chelsea):
     meta = SAM2AutomaticMaskGenerator(ref, **knobs).generate(chelsea)
     mine = AutomaticMaskGenerator(ours, **knobs).generate(chelsea)
     _match_records(meta, mine)
+
+
+def test_batched_embeddings_equal_single_ones(chelsea):
+    """``SamPredictor.embed`` runs the encoder on a batch: the same embeddings and
+    high-resolution features as one image at a time."""
+    p = SamPredictor(random_sam2(seed=4))
+    flipped = np.ascontiguousarray(chelsea[::-1])
+    both = p.embed([chelsea, flipped], batch_size=2)
+    for image, batched in zip((chelsea, flipped), both, strict=True):
+        p.set_image(image)
+        single = p.get_embedding()
+        assert rel_diff(single.features, batched.features) < 1e-5
+        for a, b in zip(single.high_res, batched.high_res, strict=True):
+            assert rel_diff(a, b) < 1e-5
+
+
+def test_cli_segment_and_everything_with_sam2(tiny_file, tmp_path, capsys):
+    """The CLI takes a SAM 2.1 variant by name with Meta's checkpoint format."""
+    from grounded_sam.testing.pipeline import run_cli, small_chelsea, write_png
+
+    png = write_png(small_chelsea(), tmp_path / "in" / "chelsea.png")
+    sam = ["--sam", "sam2.1_hiera_tiny", "--sam-checkpoint", str(tiny_file), "--device", "cpu"]
+    rc, out, err = run_cli(
+        "segment", [png, "--box", "20,10,200,140", *sam, "--out", tmp_path / "seg"], capsys
+    )
+    assert rc == 0, err
+    assert (tmp_path / "seg" / "chelsea" / "result.json").is_file()
+    rc, out, err = run_cli(
+        "everything",
+        [png, "--points-per-side", "2", *sam, "--out", tmp_path / "all"],
+        capsys,
+    )
+    assert rc == 0, err
+    assert (tmp_path / "all" / "chelsea" / "result.json").is_file()
