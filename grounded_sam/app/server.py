@@ -15,6 +15,7 @@ class), 503 text prompts while the detector is unavailable, 500 a bug (logged on
 import io
 import json
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -493,8 +494,18 @@ def serve(app, sock, *, log_level: str = "warning", on_start=None, server_box=No
     uvicorn = require(
         "uvicorn", feature="grounded-sam app", install='pip install "grounded-sam[app]"'
     )
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # uvicorn's own handler re-raises the signal after its graceful shutdown, which
+            # would kill the process before the CLI closes the models and says it stopped;
+            # Ctrl-C / SIGTERM are this server's normal way to end
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True  # a second Ctrl-C: stop waiting for open requests
+            self.should_exit = True
+
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
+    server = Server(config)
     if server_box is not None:
         server_box.append(server)
     if on_start is not None:

@@ -19,9 +19,10 @@ the last writer wins per annotation and no annotation is lost.
 People's state lives in extra COCO fields, ignored by COCO tools: ``"reviewed": true`` on an
 annotation a person accepted, drew or changed, and on an image a person marked done. Images
 found in the image folders but not in ``images`` are "todo" (not labelled yet, as for
-``label``); they get a provisional id and enter ``images`` with their first change. When the
-dataset has ``label``'s per-image units (``DATASET/units/``), each edited image's unit is
-rewritten too, so a later ``label --merge`` (or resumed run) assembles the person's work.
+``label``); they get a provisional id and enter ``images`` with their first change. Once the
+app changed ``annotations.json``, ``label`` refuses to assemble that dataset again (it would
+discard the edits), so the file is the one record of the person's work; ``label``'s per-image
+units are left as the model's record.
 
 A dataset the app creates (``--images DIR --classes ONTOLOGY``) is an ``annotations.json``
 with the ontology's categories and no images yet, plus ``DATASET/app.json`` recording the
@@ -70,13 +71,13 @@ class Conflict(InputError):
 # --------------------------------------------------------------------------- sources
 @dataclass(frozen=True)
 class Source:
-    """Where images come from: a folder (``kind="dir"``) searched recursively, whose files are
+    """Where images come from: a folder (``kind="folder"``) searched recursively, whose files are
     named by their path below it, prefixed by ``prefix + "/"`` when ``prefix`` is set; or one
     file (``kind="file"``) named by its base name. The same rule as ``label``'s
     ``sources`` in ``label.json``."""
 
     path: Path
-    kind: str = "dir"
+    kind: str = "folder"
     prefix: str = ""
 
     def to_json(self) -> dict[str, str]:
@@ -84,7 +85,7 @@ class Source:
 
     @classmethod
     def from_json(cls, doc: dict) -> Source:
-        return cls(Path(doc["path"]), doc.get("kind", "dir"), doc.get("prefix", ""))
+        return cls(Path(doc["path"]), doc.get("kind", "folder"), doc.get("prefix", ""))
 
     def locate(self, file_name: str) -> Path | None:
         """The file this source holds under ``file_name``, or ``None``."""
@@ -123,7 +124,7 @@ def sources_from_args(images: Sequence[str | os.PathLike]) -> list[Source]:
                     "above them instead"
                 )
             names[prefix] = p
-            out.append(Source(p, "dir", prefix))
+            out.append(Source(p, "folder", prefix))
         else:
             if p.suffix.lower() not in fmt.IMAGE_EXTENSIONS:
                 raise InputError(
@@ -135,9 +136,10 @@ def sources_from_args(images: Sequence[str | os.PathLike]) -> list[Source]:
 
 
 def scan_sources(sources: Iterable[Source], skip: Path | None = None) -> dict[str, Path]:
-    """``file_name -> path`` of every image under the sources (extensions as ``label``:
-    .jpg .jpeg .png .bmp .tif .tiff .webp, any case), sorted by name; ``skip`` (the dataset
-    folder, when it lies inside an image folder) is not searched."""
+    """``file_name -> path`` of every image under the sources, as ``label`` finds them
+    (:func:`grounded_sam.engine.sources.list_images`: extensions .jpg .jpeg .png .bmp .tif
+    .tiff .webp in any case, hidden files and folders skipped), sorted by name; ``skip`` (the
+    dataset folder, when it lies inside an image folder) is not searched."""
     found: dict[str, Path] = {}
     skip = skip.resolve() if skip is not None else None
     for src in sources:
@@ -152,9 +154,9 @@ def scan_sources(sources: Iterable[Source], skip: Path | None = None) -> dict[st
             if skip is not None and here.resolve() == skip:
                 dirnames[:] = []
                 continue
-            dirnames.sort()
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for f in sorted(filenames):
-                if os.path.splitext(f)[1].lower() not in fmt.IMAGE_EXTENSIONS:
+                if f.startswith(".") or os.path.splitext(f)[1].lower() not in fmt.IMAGE_EXTENSIONS:
                     continue
                 rel = (here / f).relative_to(src.path).as_posix()
                 name = f"{src.prefix}/{rel}" if src.prefix else rel
@@ -520,6 +522,9 @@ class DatasetStore:
                 a = dict(self._anns[aid])
                 items = by_ann.get(aid, [])
                 a["review"] = sorted({r for it in items for r in it.get("reasons", [])})
+                a["review_detail"] = "; ".join(
+                    str(it["detail"]) for it in items if it.get("detail")
+                )
                 anns.append(a)
             out = {
                 "image": self._summary(iid, status, by_ann, by_image),
@@ -636,7 +641,6 @@ class DatasetStore:
                 or _signature(self.root / fmt.CANDIDATES) != self._cand_sig
             ):
                 self._load()  # another process wrote: apply our changes to its file
-            self._touched: set[int] = set()
             self._cands_changed = False
             results = []
             for op, fut in batch:
@@ -678,54 +682,6 @@ class DatasetStore:
             self._sig = _signature(self.root / fmt.ANNOTATIONS)
             self._cand_sig = _signature(self.root / fmt.CANDIDATES)
             self.revision += 1
-        if (self.root / fmt.UNITS).is_dir():
-            for iid in sorted(self._touched):
-                self._mirror_unit(iid)
-
-    def _mirror_unit(self, iid: int) -> None:
-        """Rewrite image ``iid``'s ``label`` unit from the annotations as they are now, so a
-        later assembly of the units keeps the person's work (flags kept for the instances
-        nobody reviewed yet)."""
-        with self._lock:
-            im = self._images.get(iid)
-            if im is None:
-                return
-            anns = [dict(self._anns[a]) for a in self._anns_of.get(iid, [])]
-            cands = [dict(self._cands[c]) for c in self._cands_of.get(iid, [])]
-        old = fmt.read_unit(fmt.unit_path(self.root, im["file_name"]))
-        old_flags = {}
-        if old is not None:
-            for inst in old.instances:
-                seg = inst.get("segmentation") or {}
-                old_flags[(seg.get("counts"), inst.get("category_id"))] = inst.get("flags", [])
-        instances = []
-        for a in anns:
-            a.pop("id", None)
-            a.pop("image_id", None)
-            key = (a["segmentation"]["counts"], a.get("category_id"))
-            a["flags"] = [] if a.get("reviewed") else old_flags.get(key, [])
-            instances.append(a)
-        for c in cands:
-            c.pop("id", None)
-            c.pop("image_id", None)
-        try:
-            size = self.ref(iid).path.stat().st_size
-        except (NotFound, OSError):
-            size = old.size_bytes if old is not None else None
-        notes = {} if im.get("reviewed") or old is None else dict(old.notes)
-        fmt.write_unit(
-            self.root,
-            fmt.ImageUnit(
-                file_name=im["file_name"],
-                status="ok",
-                size_bytes=size,
-                width=int(im["width"]),
-                height=int(im["height"]),
-                instances=instances,
-                candidates=cands,
-                notes=notes,
-            ),
-        )
 
     # ------------------------------------------------------------------ mutations
     # (each runs inside _commit with self._lock held; checks come before any change, so a
@@ -809,16 +765,13 @@ class DatasetStore:
                 "bbox": bbox,
                 "iscrowd": 0,
                 "score": float(fields.get("score", 1.0)),
+                "mask_score": _float_or_none(fields.get("mask_score")),
+                "stability": _float_or_none(fields.get("stability")),
+                "prompt": fields.get("prompt"),
+                "reviewed": bool(fields.get("reviewed", True)),
             }
-            if fields.get("mask_score") is not None:
-                rec["mask_score"] = float(fields["mask_score"])
-            if fields.get("stability") is not None:
-                rec["stability"] = float(fields["stability"])
-            rec["prompt"] = fields.get("prompt")
-            rec["reviewed"] = bool(fields.get("reviewed", True))
             self._anns[aid] = rec
             self._anns_of[real].append(aid)
-            self._touched.add(real)
             return dict(rec)
 
         return self._commit(op)
@@ -841,7 +794,6 @@ class DatasetStore:
                 rec["segmentation"] = seg
                 rec["bbox"], rec["area"] = _box_area(seg)
             rec["reviewed"] = bool(fields.get("reviewed", True))
-            self._touched.add(int(rec["image_id"]))
             return dict(rec)
 
         return self._commit(op)
@@ -854,7 +806,6 @@ class DatasetStore:
                 raise NotFound(f"no annotation with id {aid} (deleted in another tab?)")
             rec = self._anns.pop(aid)
             self._anns_of[int(rec["image_id"])].remove(aid)
-            self._touched.add(int(rec["image_id"]))
             return dict(rec)
 
         return self._commit(op)
@@ -873,7 +824,6 @@ class DatasetStore:
                     self._anns[a]["reviewed"] = True
             else:
                 im.pop("reviewed", None)
-            self._touched.add(real)
             return {"id": real, "file_name": im["file_name"], "reviewed": bool(done)}
 
         return self._commit(op)
@@ -891,7 +841,6 @@ class DatasetStore:
         del self._cands[int(c["id"])]
         self._cands_of[int(c["image_id"])].remove(int(c["id"]))
         self._cands_changed = True
-        self._touched.add(int(c["image_id"]))
 
     def accept_candidate(self, cand: str | int, fields: dict[str, Any]) -> dict[str, Any]:
         """Name a candidate (``category_id`` or ``category``): it becomes a reviewed
@@ -915,12 +864,11 @@ class DatasetStore:
                 "bbox": bbox,
                 "iscrowd": 0,
                 "score": 1.0,
+                "mask_score": _float_or_none(c.get("mask_score")),
+                "stability": _float_or_none(c.get("stability")),
+                "prompt": None,
+                "reviewed": True,
             }
-            for key in ("mask_score", "stability"):
-                if c.get(key) is not None:
-                    rec[key] = c[key]
-            rec["prompt"] = None
-            rec["reviewed"] = True
             self._drop_candidate(c)
             self._anns[aid] = rec
             self._anns_of[real].append(aid)
@@ -940,6 +888,10 @@ class DatasetStore:
 
 
 # --------------------------------------------------------------------------- helpers
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
+
+
 def _signature(path: Path) -> tuple | None:
     try:
         st = path.stat()

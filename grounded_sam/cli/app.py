@@ -171,8 +171,12 @@ def run(args: argparse.Namespace) -> int:
 
     require("fastapi", feature="grounded-sam app", install='pip install "grounded-sam[app]"')
     require("uvicorn", feature="grounded-sam app", install='pip install "grounded-sam[app]"')
-    store = DatasetStore.open(args.dataset, args.images, args.classes)
-    sock = _bind(args.host, args.port)
+    sock = _bind(args.host, args.port)  # first: a taken port changes nothing on disk
+    try:
+        store = DatasetStore.open(args.dataset, args.images, args.classes)
+    except BaseException:
+        sock.close()
+        raise
     port = sock.getsockname()[1]
 
     from grounded_sam.pipeline import GroundedSAM

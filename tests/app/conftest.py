@@ -117,7 +117,7 @@ def make_label_dataset(tmp: Path, *, units: bool = True) -> tuple[Path, Path]:
         root,
         {
             "ontology": {"classes": [{"name": c["name"], "prompts": c["prompts"]} for c in cats]},
-            "sources": [{"kind": "dir", "path": str(images), "prefix": ""}],
+            "sources": [{"kind": "folder", "path": str(images), "prefix": ""}],
         },
     )
     fmt.write_annotations(root, {"images": imgs, "annotations": anns, "categories": cats})
@@ -129,16 +129,16 @@ def make_label_dataset(tmp: Path, *, units: bool = True) -> tuple[Path, Path]:
                 "annotation_id": 3,
                 "file_name": "chelsea.png",
                 "priority": 0.9,
-                "reasons": ["low detector score"],
-                "detail": {},
+                "reasons": ["low_score"],
+                "detail": "detector score 0.31 is close to the 0.35",
             },
             {
                 "image_id": 1,
                 "annotation_id": None,
                 "file_name": "astronaut.png",
                 "priority": 0.4,
-                "reasons": ["negative suppressed"],
-                "detail": {},
+                "reasons": ["negative_suppressed"],
+                "detail": "1 detection removed by a negative caption",
             },
         ],
     )
@@ -163,7 +163,7 @@ def make_label_dataset(tmp: Path, *, units: bool = True) -> tuple[Path, Path]:
             for a in anns:
                 if a["image_id"] == im["id"]:
                     rec = {k: v for k, v in a.items() if k not in ("id", "image_id")}
-                    rec["flags"] = ["low_score"] if a["id"] == 3 else []
+                    rec["flags"] = {}
                     inst.append(rec)
             path = images / im["file_name"]
             fmt.write_unit(

@@ -365,7 +365,8 @@
         sw.style.background = css(catColor(o.category_id));
         label.textContent = `#${o.id} ${catName(o.category_id)}`;
         if (o.review && o.review.length) {
-          tag = `<span class="tag review" title="${o.review.join(", ")}">review</span>`;
+          tag = '<span class="tag review">review</span>';
+          li.title = o.review_detail || o.review.join(", ");
         } else if (o.reviewed) {
           tag = '<span class="tag ok">✓</span>';
         }
@@ -393,7 +394,7 @@
     box.hidden = items.length === 0;
     for (const it of items) {
       const li = document.createElement("li");
-      li.textContent = (it.reasons || []).join(", ") || "image flagged";
+      li.textContent = it.detail || (it.reasons || []).join(", ") || "image flagged";
       ul.appendChild(li);
     }
   }
