@@ -45,13 +45,18 @@ from grounded_sam.model.sam import SamBase
 from grounded_sam.model.transformer import Attention, TwoWayTransformer
 
 __all__ = [
+    "MEMORY_KEYS",
     "SAM2_CONFIGS",
+    "TEST_CONFIG",
+    "ManyToFewAttention",
     "Sam2",
     "Sam2Config",
     "Sam2MaskDecoder",
     "Sam2PromptEncoder",
+    "Sam2TwoWayTransformer",
     "build_sam2",
     "build_sam2_model",
+    "expected_image_shapes",
     "image_state_dict",
     "list_sam2_models",
     "load_sam2_checkpoint",
@@ -826,7 +831,10 @@ def build_sam2(
     dynamic_multimask_via_stability: bool = True,
     device: str | torch.device = "cpu",
 ) -> Sam2:
-    """Build a SAM 2.1 variant in eval mode, random or from a checkpoint.
+    """Build a SAM 2.1 variant in eval mode, random or from a checkpoint or a state dict.
+
+    The low-level builder of this module; ``grounded_sam.build_sam(name, ...)`` is the public
+    one (weights registry, precision modes, the same checkpoint checks).
 
     Args:
         name: one of :func:`list_sam2_models` (``sam2.1_hiera_tiny``, ``_small``,
