@@ -1,0 +1,59 @@
+"""Lazy imports of the ONNX libraries and onnxruntime sessions.
+
+``onnx`` and ``onnxruntime`` are optional (``pip install "grounded-sam[onnx]"``): the rest of
+grounded-sam works without them, and these helpers raise
+:class:`~grounded_sam.errors.MissingDependency` with the install line when they are missing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from grounded_sam.errors import InputError, require
+
+__all__ = ["INSTALL", "onnx", "onnxruntime", "session"]
+
+INSTALL = 'pip install "grounded-sam[onnx]"'
+
+
+def onnx():
+    """The ``onnx`` module (model files, checks)."""
+    return require("onnx", feature="ONNX export", install=INSTALL)
+
+
+def onnxruntime():
+    """The ``onnxruntime`` module."""
+    return require("onnxruntime", feature="ONNX inference", install=INSTALL)
+
+
+def session(
+    path: str | os.PathLike,
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+):
+    """An ``onnxruntime.InferenceSession`` of ``path``.
+
+    Args:
+        providers: execution providers in order of preference (default: onnxruntime's
+            ``CPUExecutionProvider``); unknown names raise :class:`InputError`.
+        threads: intra-op threads (default: onnxruntime's choice, one per physical core).
+    """
+    ort = onnxruntime()
+    if threads is not None and (
+        not isinstance(threads, int) or isinstance(threads, bool) or threads < 1
+    ):
+        raise InputError(f"threads must be an integer >= 1, got {threads!r}")
+    available = ort.get_available_providers()
+    providers = list(providers) if providers is not None else ["CPUExecutionProvider"]
+    unknown = [p for p in providers if p not in available]
+    if unknown:
+        raise InputError(
+            f"onnxruntime execution provider(s) {unknown} are not available here; "
+            f"available: {available}"
+        )
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(Path(path)), options, providers=providers)
