@@ -94,7 +94,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="K",
-        help="images per detector / encoder call (default 1; same results, helps on GPUs)",
+        help="images per detector call (default 1; same results; helps a batching detector on GPUs)",
     )
     group.add_argument(
         "--save-embeddings",

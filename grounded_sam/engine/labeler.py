@@ -4,7 +4,8 @@
 
 1. the detector **once** for every caption of the ontology together (class prompts and
    negatives; a detector chunks internally only where its text limit forces it), several
-   images per call through ``detect_batch`` when ``batch_size > 1``;
+   images per call through ``detect_batch`` when ``batch_size > 1`` (a detector's
+   ``detect_batch`` must give what one-by-one calls give);
 2. per-class thresholds, then negative suppression (a positive box overlapping a negative
    match at box IoU >= ``negative_iou`` is dropped);
 3. **one** SAM image-encoder pass (or a cached / stored embedding) and **one** batched
@@ -100,7 +101,9 @@ class LabelConfig:
         dedup_iou: mask IoU at which two instances are the same object.
         negative_iou: box IoU at which a negative match suppresses a positive box.
         candidates: :class:`CandidateOptions`, or ``None`` for no candidates.
-        batch_size: images per detector / encoder call (no effect on the results).
+        batch_size: images per detector call (``detect_batch``; no effect on the results).
+            The encoder always takes one image per pass: batched passes differ from single
+            ones in the last float bits.
         save_embeddings: keep each image's SAM embedding in the dataset (for the app).
     """
 
@@ -533,7 +536,10 @@ class Labeler:
             else:
                 out[j] = emb
         if missing:
-            self.pipe.embed([images[j] for j in missing], batch_size=len(missing))
+            # One image per encoder pass, whatever the batch: a batched pass is not bitwise
+            # equal to single ones on CPU (other matmul kernels, ~1e-5), which could flip mask
+            # pixels and make a dataset depend on how it was batched or resumed.
+            self.pipe.embed([images[j] for j in missing], batch_size=1)
             for j in missing:
                 out[j] = self.pipe.cache.get(EmbeddingCache.key(images[j]))
                 if store is not None and self.config.save_embeddings:

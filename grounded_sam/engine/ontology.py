@@ -173,6 +173,8 @@ def _kind(value: object) -> str:
         return "nothing"
     if isinstance(value, str):
         return f"the text {value!r}"
+    if isinstance(value, (list, dict)) and not value:
+        return f"an empty {type(value).__name__}"
     return f"a {type(value).__name__}"
 
 
@@ -318,6 +320,8 @@ def load_ontology(spec: str | os.PathLike | Mapping | Ontology) -> Ontology:
     try:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as e:
-        first = str(e).replace("\n", " ")
-        raise InputError(f"ontology {text}: not valid YAML ({first})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InputError(f"ontology {text}: not valid YAML{where}: {problem}") from None
     return Ontology.from_dict(data, source=text)

@@ -141,7 +141,13 @@ def _describe_change(part: str, old: Any, new: Any) -> str:
         return "the ontology's prompts, thresholds or negatives"
     if isinstance(old, dict) and isinstance(new, dict):
         keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        bits = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if k != "options"]
+        bits = [
+            f"{k.rsplit('_', 1)[0]} changed"  # a weights digest: the value says nothing
+            if k.endswith("blake2b")
+            else f"{k} {old.get(k)!r} -> {new.get(k)!r}"
+            for k in keys
+            if k != "options"
+        ]
         if "options" in keys:
             o, n = old.get("options") or {}, new.get("options") or {}
             bits += [
