@@ -164,23 +164,27 @@ def run(args: argparse.Namespace) -> int:
             "is not encrypted: use an SSH tunnel or a TLS proxy on untrusted networks)\n"
         )
     kw = detector_kwargs(args)
-    from grounded_sam.app.server import create_app, serve
-    from grounded_sam.app.service import Segmenter
-    from grounded_sam.app.store import DatasetStore
     from grounded_sam.errors import require
 
     require("fastapi", feature="grounded-sam app", install='pip install "grounded-sam[app]"')
     require("uvicorn", feature="grounded-sam app", install='pip install "grounded-sam[app]"')
     sock = _bind(args.host, args.port)  # first: a taken port changes nothing on disk
     try:
-        store = DatasetStore.open(args.dataset, args.images, args.classes)
-    except BaseException:
+        return _serve(args, sock, token, loopback, kw)
+    finally:
         sock.close()
-        raise
-    port = sock.getsockname()[1]
 
+
+def _serve(args: argparse.Namespace, sock: socket.socket, token, loopback: bool, kw) -> int:
+    import threading
+
+    from grounded_sam.app.server import create_app, serve
+    from grounded_sam.app.service import Segmenter
+    from grounded_sam.app.store import DatasetStore
     from grounded_sam.pipeline import GroundedSAM
 
+    store = DatasetStore.open(args.dataset, args.images, args.classes)
+    port = sock.getsockname()[1]
     pipe = GroundedSAM(
         args.detector,
         args.sam,
@@ -194,13 +198,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_disk_cache:
         from grounded_sam.engine.embeddings import EmbeddingStore, sam_identity
 
+        # the identity label uses, so `label --save-embeddings` and the app share the files
         disk = EmbeddingStore(
             store.root, sam_identity(args.sam, args.sam_checkpoint, args.precision)
         )
     segmenter = Segmenter(pipe, store=disk, prefetch=not args.no_prefetch)
     _log_to_stderr()
-    import threading
-
+    # the detector loads in the background: clicks work at once, and a detector that cannot
+    # load (e.g. no weights offline) turns text prompts off with its message instead of
+    # stopping the app
     threading.Thread(target=segmenter.load_detector, name="detector-loader", daemon=True).start()
     segmenter.start()
     allowed = {"127.0.0.1", "localhost", "::1", args.host.lower()} if loopback else None
@@ -225,7 +231,6 @@ def run(args: argparse.Namespace) -> int:
         serve(app, sock, on_start=started)
     finally:
         segmenter.close()
-        sock.close()
     print(f"stopped; every change is saved in {store.root / 'annotations.json'}", flush=True)
     return 0
 

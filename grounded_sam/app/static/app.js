@@ -197,7 +197,16 @@
 
   async function loadImages() {
     const r = await api("GET", "images");
-    S.images = r.images;
+    if (S.images.length) {
+      // keep the order the page opened with (review queue first): an image marked done
+      // stays where it is, so "next" means the same image before and after the change
+      const fresh = new Map(r.images.map((im) => [im.id, im]));
+      const kept = S.images.filter((im) => fresh.has(im.id)).map((im) => fresh.get(im.id));
+      const known = new Set(kept.map((im) => im.id));
+      S.images = kept.concat(r.images.filter((im) => !known.has(im.id)));
+    } else {
+      S.images = r.images;
+    }
     const c = r.counts;
     $("counts").innerHTML =
       `<span title="open review items">⚑ ${c.review} to review</span>` +
