@@ -223,3 +223,30 @@ def test_cli_segment_and_everything_with_sam2(tiny_file, tmp_path, capsys):
     )
     assert rc == 0, err
     assert (tmp_path / "all" / "chelsea" / "result.json").is_file()
+
+
+def test_eval_run_with_a_tiny_sam2(tmp_path):
+    """An evaluation run (ground-truth boxes prompting a random SAM 2.1) writes metrics that
+    pycocotools reproduces from its predictions."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from grounded_sam.eval import CocoDataset, RunSpec, build_pipeline, evaluate
+    from grounded_sam.testing.eval_data import make_coco
+
+    coco = make_coco(tmp_path / "coco")
+    ds = CocoDataset(coco["annotations"], coco["images"])
+    spec = RunSpec(detector="gt-boxes", sam="sam2.1_hiera_test", score="mask")
+    pipe, oracle = build_pipeline(spec, sam=random_sam2(seed=6))
+    metrics = evaluate(ds, pipe, tmp_path / "run", spec=spec, oracle=oracle, show_progress=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(coco["annotations"]))
+        ev = COCOeval(gt, gt.loadRes(str(tmp_path / "run" / "predictions.json")), iouType="segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert metrics["n_detections"] == 5
+    assert metrics["mask_AP"] == (None if ev.stats[0] < 0 else pytest.approx(ev.stats[0]))
