@@ -331,6 +331,7 @@
   function select(kind, id) {
     S.selected = kind == null ? null : { kind, id };
     renderInstances();
+    renderReview();
     render();
   }
 
@@ -340,7 +341,7 @@
     const all = items();
     $("instance-count").textContent = `${S.anns.length} saved` +
       (S.proposals.length ? ` · ${S.proposals.length} proposed` : "") +
-      (S.candidates.length ? ` · ${S.candidates.length} candidates` : "");
+      (S.candidates.length ? ` · ${S.candidates.length} candidate${S.candidates.length > 1 ? "s" : ""}` : "");
     for (const it of all) {
       const li = document.createElement("li");
       li.dataset.kind = it.kind;
@@ -395,15 +396,24 @@
     $("btn-undo").disabled = S.undo.length === 0 && !(S.draft && S.draft.history.length);
   }
 
+  // the image's open review items, and the selected instance's
   function renderReview() {
     const box = $("review-box");
     const ul = $("review-list");
     ul.innerHTML = "";
-    const items = (S.detail && S.detail.review) || [];
-    box.hidden = items.length === 0;
-    for (const it of items) {
+    const lines = ((S.detail && S.detail.review) || []).map(
+      (it) => it.detail || (it.reasons || []).join(", ") || "image flagged");
+    const sel = S.selected;
+    if (sel && sel.kind === "ann") {
+      const a = S.anns.find((a) => a.id === sel.id);
+      if (a && a.review && a.review.length) {
+        lines.unshift(`#${a.id} ${catName(a.category_id)}: ${a.review_detail || a.review.join(", ")}`);
+      }
+    }
+    box.hidden = lines.length === 0;
+    for (const text of lines) {
       const li = document.createElement("li");
-      li.textContent = it.detail || (it.reasons || []).join(", ") || "image flagged";
+      li.textContent = text;
       ul.appendChild(li);
     }
   }
@@ -482,7 +492,7 @@
       let text;
       if (it.kind === "draft") text = catName(S.classId) + " ✎";
       else if (it.kind === "proposal") text = catName(it.obj.category_id ?? S.classId) + " ?";
-      else if (it.kind === "candidate") text = it.obj._cat ? catName(it.obj._cat) + " ?" : "?";
+      else if (it.kind === "candidate") text = (it.obj._cat ? catName(it.obj._cat) : "unnamed") + " ?";
       else text = catName(it.obj.category_id) + (it.obj.review && it.obj.review.length ? " ⚑" : "");
       const tw = ctx.measureText(text).width + 8;
       const ty = Math.max(0, y0 - 17);
