@@ -128,7 +128,7 @@ def app(label_dataset, start_app):
     return start_app(root)
 
 
-def test_click_negative_click_text_accept_reload(app, page_of):
+def test_click_negative_click_text_accept_reload(page_of, app):
     page = page_of(app.url)
     assert state(page, "S.current") == 2  # the review queue comes first: chelsea.png
     before = canvas(page)
@@ -172,7 +172,7 @@ def test_click_negative_click_text_accept_reload(app, page_of):
     )
 
 
-def test_keyboard_accept_relabel_delete_undo_done(app, page_of):
+def test_keyboard_accept_relabel_delete_undo_done(page_of, app):
     page = page_of(app.url)
     root = app.store.root
     n0 = len(read_doc(root)["annotations"])
@@ -219,7 +219,7 @@ def test_keyboard_accept_relabel_delete_undo_done(app, page_of):
     page.wait_for_function("() => window.groundedSam.current === 2")
 
 
-def test_candidates_are_offered_for_naming(app, page_of):
+def test_candidates_are_offered_for_naming(page_of, app):
     page = page_of(app.url)
     assert page.locator("#instance-list li[data-kind=candidate]").count() == 1
     page.locator("#instance-list li[data-kind=candidate]").click()
@@ -231,7 +231,7 @@ def test_candidates_are_offered_for_naming(app, page_of):
     assert len(named) == 1 and named[0]["category_id"] == 2
 
 
-def test_shortcuts_are_listed_on_the_page(app, page_of):
+def test_shortcuts_are_listed_on_the_page(page_of, app):
     page = page_of(app.url)
     text = page.inner_text("#help")
     for words in (
@@ -247,7 +247,7 @@ def test_shortcuts_are_listed_on_the_page(app, page_of):
         assert words in text, words
 
 
-def test_two_tabs_see_each_other(app, page_of):
+def test_two_tabs_see_each_other(page_of, app):
     a = page_of(app.url)
     b = page_of(app.url)
     click_image(a, 0.5, 0.5)
@@ -272,7 +272,7 @@ def test_two_tabs_see_each_other(app, page_of):
     assert "no annotation with id 2" in b.inner_text("#status")
 
 
-def test_text_prompt_errors_are_shown(app, page_of):
+def test_text_prompt_errors_are_shown(page_of, app):
     app.segmenter._detector_error = "no Grounding DINO weights offline"
     page = page_of(app.url)
     page.fill("#text-input", "a cat")
