@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from grounded_sam.errors import InputError
@@ -248,10 +249,34 @@ def _export_files(model, folder: Path, opset: int, single_mask: bool, log) -> No
     dec_dir.mkdir()
     _trace(graphs.decoder_graph(model, single_mask), tuple(example),
            dec_dir / files.DECODER_FILE, opset, dec_in, dec_out, dynamic, model)  # fmt: skip
+    _declare_decoder_shapes(dec_dir / files.DECODER_FILE, 1 if single_mask else 4, model)
     for sub in (enc_dir, dec_dir):
         for p in sub.iterdir():
             os.replace(p, folder / p.name)
         sub.rmdir()
+
+
+def _declare_decoder_shapes(path: Path, masks: int, model) -> None:
+    """Write the decoder outputs' shapes into the file: (1, C, "height", "width"), (1, C),
+    (1, C, 256, 256). The exporter leaves dimensions it cannot infer through the final resize
+    as generated names; consumers that size buffers from the model's outputs want numbers."""
+    onnx = runtime.onnx()
+    proto = onnx.load(str(path))
+    low = list(model.prompt_encoder.mask_input_size)
+    shapes = {
+        "masks": [1, masks, "height", "width"],
+        "iou_predictions": [1, masks],
+        "low_res_masks": [1, masks, *low],
+    }
+    for out in proto.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        for d, value in zip(dims, shapes[out.name], strict=True):
+            if isinstance(value, int):
+                d.dim_value = value
+            else:
+                d.dim_param = value
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(path))
 
 
 def _metadata(model, opset: int, single_mask: bool, checkpoint) -> dict[str, Any]:
@@ -280,8 +305,8 @@ def _metadata(model, opset: int, single_mask: bool, checkpoint) -> dict[str, Any
         "preprocess": {
             "resize": "square" if family == "sam2" else "longest_side",
             "divide_by": divide_by,
-            "pixel_mean": [float(v) for v in model.pixel_mean.flatten()],
-            "pixel_std": [float(v) for v in model.pixel_std.flatten()],
+            "pixel_mean": _shortest(model.pixel_mean),
+            "pixel_std": _shortest(model.pixel_std),
             "pad": "none" if family == "sam2" else "bottom_right_zeros",
             "channels": "RGB",
         },
@@ -307,6 +332,12 @@ def _metadata(model, opset: int, single_mask: bool, checkpoint) -> dict[str, Any
             "onnxruntime": onnxruntime.__version__,
         },
     }
+
+
+def _shortest(t: torch.Tensor) -> list[float]:
+    """float32 values as the shortest decimals that read back to them (123.675, not
+    123.67500305175781)."""
+    return [float(str(np.float32(v))) for v in t.flatten().tolist()]
 
 
 def _quantize(folder: Path, qfolder: Path, log) -> None:
