@@ -432,12 +432,13 @@ class Hiera(nn.Module):
             nchw = [b, c, *_spatial_view_shape(b, nw, p, k, c)[1:-1]]
             to_last = [0, *range(2, len(nchw)), 1]  # channels last: the spatial view
             # One pass adds the position embedding and lays the tokens out unrolled.
-            t = pe.new_empty(_unrolled_view_shape(b, nw, p, k, c))
-            torch.add(
-                pe.view(nchw).permute(to_last).permute(to_unrolled),
-                pos.view([1, *nchw[1:]]).permute(to_last).permute(to_unrolled),
-                out=t,
-            )
+            tokens = pe.view(nchw).permute(to_last).permute(to_unrolled)
+            pos_u = pos.view([1, *nchw[1:]]).permute(to_last).permute(to_unrolled)
+            if torch.is_grad_enabled():  # no out= with autograd
+                t = (tokens + pos_u).contiguous()
+            else:
+                out = pe.new_empty(_unrolled_view_shape(b, nw, p, k, c))
+                t = torch.add(tokens, pos_u, out=out)
             t = t.view(b * nw[0] * nw[1], ws * ws, c)
             pools = 0
             for i in range(n_unrolled):
@@ -448,8 +449,11 @@ class Hiera(nn.Module):
             xs = _restorer(b, nw, p, k, k)(t.view(b, -1, t.shape[-1]))
             start = n_unrolled
         else:
-            xs = pe.new_empty(b, h, w, c)
-            torch.add(pe.permute(0, 2, 3, 1), pos.permute(0, 2, 3, 1), out=xs)
+            tokens, pos_s = pe.permute(0, 2, 3, 1), pos.permute(0, 2, 3, 1)
+            if torch.is_grad_enabled():
+                xs = (tokens + pos_s).contiguous()
+            else:
+                xs = torch.add(tokens, pos_s, out=pe.new_empty(b, h, w, c))
             start = 0
         for i in range(start, len(self.blocks)):
             xs = self.blocks[i](xs)

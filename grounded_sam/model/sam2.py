@@ -349,6 +349,7 @@ class Sam2MaskDecoder(MaskDecoder):
             return module(x)
 
         masks: torch.Tensor | None = None
+        rows: list[torch.Tensor] = []  # with autograd (no out= products)
         for i in range(b):
             j = i if f1.shape[0] > 1 else 0
             k = i if f0.shape[0] > 1 else 0
@@ -357,9 +358,14 @@ class Sam2MaskDecoder(MaskDecoder):
             x = act(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps), act1)
             x = act(torch.addmm(f0[k], x, w2), act2).view(h * w * 16, c2)
             rhs = hyper_in[i].to(x.dtype).t()  # (C/8, T)
+            if not in_place:
+                rows.append(x @ rhs)
+                continue
             if masks is None:  # the first prompt fixes the dtype (lower under autocast)
                 masks = x.new_empty(b, h * w * 16, t)
             torch.matmul(x, rhs, out=masks[i])
+        if rows:
+            masks = torch.stack(rows)
         if masks is None:  # no prompts
             masks = src.new_empty(0, h * w * 16, t)
         # pixel (i, j), first sub-pixel (dy, dx), second (dy2, dx2): y = 4i + 2dy + dy2

@@ -243,6 +243,25 @@ def test_dynamic_multimask_fallback_picks_best_multimask_when_unstable():
     assert dyn.abs().max() <= 32 and multi.abs().max() <= 32  # Meta's clamp
 
 
+def test_gradients_flow_through_encode_and_decode():
+    """With autograd on (fine-tuning), every fast path falls back to differentiable ops and
+    gives the same values."""
+    model = build_sam2_model(TEST_CONFIG).eval()
+    x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(3))
+    boxes = torch.tensor([[100.0, 120, 700, 900], [0, 0, 500, 400]])
+    with torch.no_grad():
+        emb0, high0 = model.encode(x)
+        low0, iou0 = model.decode(emb0, high0, None, None, boxes, None, False)
+    emb, high = model.encode(x)
+    low, iou = model.decode(emb, high, None, None, boxes, None, False)
+    assert rel_diff(emb0, emb.detach()) < 1e-5 and rel_diff(low0, low.detach()) < 1e-4
+    assert torch.allclose(iou0, iou.detach(), atol=1e-5)
+    (low.sigmoid().mean() + iou.sum()).backward()
+    trunk = model.image_encoder.trunk
+    for p in (trunk.pos_embed, trunk.blocks[0].attn.qkv.weight, model.mask_decoder.conv_s0.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
 def test_decode_broadcasts_one_embedding_and_handles_empty_prompts():
     model = build_sam2_model(TEST_CONFIG).eval()
     emb = torch.randn(1, 256, 64, 64)
