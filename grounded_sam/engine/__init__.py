@@ -6,6 +6,13 @@ Modules:
 - :mod:`~grounded_sam.engine.dataset`: the on-disk dataset format (annotations.json, units,
   errors, review queue, candidates, manifest): the one place it is read and written.
 - :mod:`~grounded_sam.engine.embeddings`: SAM embeddings stored in a dataset.
+- :mod:`~grounded_sam.engine.sources`: which images a run covers (file names, shards).
+- :mod:`~grounded_sam.engine.labeler`: the pure per-image step (:class:`Labeler`).
+- :mod:`~grounded_sam.engine.runners`: how that step is executed (local; Ray elsewhere).
+- :mod:`~grounded_sam.engine.assemble`, :mod:`~grounded_sam.engine.review`: units ->
+  annotations.json, errors.json, review.json, candidates.json.
+- :mod:`~grounded_sam.engine.run`: a whole run (:func:`label`, :func:`merge`).
+- :mod:`~grounded_sam.engine.audit`, :mod:`~grounded_sam.engine.export_formats`.
 
 Names are resolved lazily so importing the package stays cheap.
 """
@@ -16,6 +23,16 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "label": "grounded_sam.engine.run",
+    "merge": "grounded_sam.engine.run",
+    "label_dataset": "grounded_sam.engine.run",
+    "LabelSummary": "grounded_sam.engine.run",
+    "Labeler": "grounded_sam.engine.labeler",
+    "LabelConfig": "grounded_sam.engine.labeler",
+    "CandidateOptions": "grounded_sam.engine.labeler",
+    "LocalRunner": "grounded_sam.engine.runners",
+    "Runner": "grounded_sam.engine.runners",
+    "export_dataset": "grounded_sam.engine.export_formats",
     "Ontology": "grounded_sam.engine.ontology",
     "OntologyClass": "grounded_sam.engine.ontology",
     "load_ontology": "grounded_sam.engine.ontology",

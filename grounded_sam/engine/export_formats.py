@@ -12,8 +12,9 @@ them back (for round-trip checks and for tools that start from them).
   with no instance gets an empty file (YOLO's "background" image).
 - ``coco-polygons``: ``DIR/annotations.json``, the same COCO document with each RLE replaced
   by polygons (one per outer contour, points at pixel centres: +0.5, as detectron2 does, so
-  pycocotools rasterises them back onto the same pixels); holes cannot be represented and
-  are dropped; ``area`` and ``bbox`` stay the mask's.
+  pycocotools rasterises them back onto the same pixels; specks of one or two pixels as
+  their pixel squares); holes cannot be represented and are dropped; ``area`` and ``bbox``
+  stay the mask's.
 - ``masks``: ``DIR/masks/<file_name without extension>/<annotation id>_<class>.png``, 8-bit,
   255 inside, 0 outside: lossless. An image with no instance gets an empty folder.
 """
@@ -147,13 +148,17 @@ def mask_to_yolo_polygon(mask: np.ndarray) -> np.ndarray:
 
 def mask_to_coco_polygons(mask: np.ndarray) -> list[list[float]]:
     """(H, W) bool mask -> COCO polygons ``[[x1, y1, x2, y2, ...], ...]``: one per outer
-    contour of 3 points or more, at pixel centres (+0.5); holes dropped; a box-shaped polygon
-    around a mask too thin for any; ``[]`` for an empty mask."""
-    polys = [c for c in _contours(mask) if len(c) >= 3]
-    if not polys:
-        box = _box_outline(np.asarray(mask, dtype=bool))
-        return [box.ravel().tolist()] if len(box) else []
-    return [(c + 0.5).ravel().tolist() for c in polys]
+    contour, through pixel centres (+0.5, which pycocotools rasterises back onto the same
+    pixels); a contour of one or two pixels becomes the square of pixel edges around them
+    (kept, not dropped); holes are dropped; ``[]`` for an empty mask."""
+    out = []
+    for c in _contours(mask):
+        if len(c) >= 3:
+            out.append((c + 0.5).ravel().tolist())
+        else:
+            (x0, y0), (x1, y1) = c.min(0), c.max(0) + 1
+            out.append([x0, y0, x1, y0, x1, y1, x0, y1])
+    return out
 
 
 def yolo_polygon_to_mask(xy_normalised: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -218,7 +218,12 @@ class LabelConfig:
         """What identifies the detector's output: its name and options as given, or for an
         object its class and ``repr``."""
         if isinstance(self.detector, str):
-            opts = {k: _plain(v) for k, v in sorted(self.detector_options.items())}
+            from grounded_sam.detectors.base import detector_options
+
+            # defaults filled in: an option given at its default value is the same detector
+            given = {o.name: o.default for o in detector_options(self.detector)}
+            given.update(self.detector_options)
+            opts = {k: _plain(v) for k, v in sorted(given.items())}
             return {"name": self.detector, "options": opts}
         cls = type(self.detector)
         out = {"object": f"{cls.__module__}.{cls.__qualname__}"}
@@ -227,12 +232,32 @@ class LabelConfig:
         return out
 
 
+def _path_digest(path: str) -> str:
+    """BLAKE2b-256 of a file, or of a folder's files (relative names, sizes and bytes)."""
+    import hashlib
+    from pathlib import Path
+
+    from grounded_sam.engine.dataset import file_digest
+
+    root = Path(path)
+    if root.is_file():
+        return file_digest(root)
+    h = hashlib.blake2b(digest_size=32)
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            h.update(f"{rel.as_posix()}\0{p.stat().st_size}\0{file_digest(p)}\0".encode())
+    return h.hexdigest()
+
+
 def _plain(value: Any) -> Any:
-    """A JSON form of an option value (paths become strings)."""
+    """A JSON form of an option value that identifies it: a local file or folder by a digest
+    of its contents (so the same model at another path, e.g. on another machine, is the same
+    detector), other values as they are."""
+    if isinstance(value, os.PathLike) or (isinstance(value, str) and os.path.exists(value)):
+        return {"blake2b": _path_digest(os.fspath(value))}
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return repr(value)
@@ -409,6 +434,14 @@ class Labeler:
                 stability_score_thresh=c.stability_score_thresh,
                 output_mode="coco_rle",
             )
+
+    def run(self, images: Any, out: str | os.PathLike, **options: Any):
+        """Label ``images`` into the dataset ``out`` with these models: the same as
+        :func:`grounded_sam.engine.run.label` (``shard``, ``overwrite``, ``audit``,
+        ``progress``, ``runner``), without building the models again."""
+        from grounded_sam.engine.run import label_dataset
+
+        return label_dataset(self, images, out, **options)
 
     # ------------------------------------------------------------------ identity
     def identity(self) -> dict[str, Any]:

@@ -94,11 +94,15 @@ class LabelSummary:
         n = self.labelled + self.failed
         rate = n / self.label_seconds if self.label_seconds > 0 else 0.0
         where = f"shard {self.shard}: " if self.shard is not None else ""
-        head = (
-            f"{where}{self.images} image{'s' if self.images != 1 else ''}: {self.labelled} "
-            f"labelled now ({rate:.2f} images/s), {self.done_before} done before"
-        )
-        out = [f"{head}, {self.failed} failed, in {format_duration(self.seconds)}"]
+        took = format_duration(self.seconds)
+        if n:
+            out = [
+                f"{where}{self.images} image{'s' if self.images != 1 else ''}: {self.labelled} "
+                f"labelled now ({rate:.2f} images/s), {self.done_before} done before, "
+                f"{self.failed} failed, in {took}"
+            ]
+        else:
+            out = [f"{where}{self.images} images, all labelled before (nothing to do), in {took}"]
         a = self.assembly
         ds = self.dataset
         if a is not None:
@@ -151,7 +155,9 @@ def _describe_change(part: str, old: Any, new: Any) -> str:
         if "options" in keys:
             o, n = old.get("options") or {}, new.get("options") or {}
             bits += [
-                f"{k} {o.get(k)!r} -> {n.get(k)!r}"
+                f"{k} changed"  # a local model file or folder: its digest says nothing
+                if isinstance(o.get(k), dict) or isinstance(n.get(k), dict)
+                else f"{k} {o.get(k)!r} -> {n.get(k)!r}"
                 for k in sorted(set(o) | set(n))
                 if o.get(k) != n.get(k)
             ]
@@ -186,16 +192,17 @@ def _clear(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _prepare(
-    out: Path,
-    identity: dict[str, Any],
-    extra: dict[str, Any],
-    *,
-    overwrite: bool,
-    shard: Shard | None,
-) -> dict[str, Any]:
-    """Check ``out`` against this run and write the manifest; nothing in ``out`` changes
-    before every check has passed."""
+def _has_work(out: Path) -> bool:
+    """Whether ``out`` holds anything a run produced (units or assembled files)."""
+    units = out / UNITS
+    return (out / ANNOTATIONS).exists() or (units.is_dir() and any(units.iterdir()))
+
+
+def _check_out(
+    out: Path, identity: dict[str, Any], *, overwrite: bool, shard: Shard | None
+) -> dict[str, Any] | None:
+    """Check ``out`` against this run without changing anything; the manifest to keep
+    (``None``: a new one will be written)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {str(out)!r} exists and is not a folder")
     if overwrite and shard is not None:
@@ -203,26 +210,45 @@ def _prepare(
             "--overwrite cannot be combined with --shard (one shard would delete the work of "
             "the others); delete the dataset folder first, or use a new --out"
         )
-    manifest = None
-    if out.is_dir() and not overwrite:
-        try:
-            manifest = read_manifest(out)
-        except InputError as e:
-            raise InputError(f"{e}; use --overwrite to relabel from scratch") from None
-        if manifest is not None:
-            _check_same(out, manifest, identity)
-            if shard is None:
-                _check_not_edited(out, manifest)
-        elif any(out.iterdir()):
+    if not out.is_dir() or overwrite:
+        return None
+    try:
+        manifest = read_manifest(out)
+    except InputError as e:
+        raise InputError(f"{e}; use --overwrite to relabel from scratch") from None
+    if manifest is None:
+        if any(out.iterdir()):
             raise InputError(
                 f"--out {str(out)!r} is not empty and is not a grounded-sam dataset (no "
                 f"{MANIFEST}); choose a new or empty folder, or use --overwrite to label into it"
             )
+        return None
+    if shard is None and not _has_work(out):
+        return None  # e.g. a first run that failed to load its models: nothing to keep
+    _check_same(out, manifest, identity)
+    if shard is None:
+        _check_not_edited(out, manifest)
+    return manifest
+
+
+def _write_out(
+    out: Path,
+    identity: dict[str, Any],
+    extra: dict[str, Any],
+    manifest: dict[str, Any] | None,
+    *,
+    overwrite: bool,
+    shard: Shard | None,
+) -> dict[str, Any]:
+    """Clear (``overwrite``) and write the manifest; returns the manifest in force."""
     if overwrite and out.is_dir():
         _clear(out)
     if manifest is None:
         out.mkdir(parents=True, exist_ok=True)
         fresh = {**identity, **extra, "assembled": []}
+        if shard is None:
+            write_manifest(out, fresh)
+            return read_manifest(out) or fresh
         if write_manifest(out, fresh, create=True):
             return read_manifest(out) or fresh
         manifest = read_manifest(out)  # another shard created it first
@@ -295,9 +321,12 @@ def label_dataset(
         existing = load_existing(audit)  # a bad file fails before any work
     identity = labeler.identity() if labeler is not None else cfg.identity()
     extra = {"thresholds": cfg.thresholds(), "sources": sources}
-    manifest = _prepare(out, identity, extra, overwrite=overwrite, shard=shard)
+    kept = _check_out(out, identity, overwrite=overwrite, shard=shard)
     mine = select_shard(tasks, shard)
-    todo = [t for t in mine if not _is_done(out, t)]
+    todo = mine if kept is None else [t for t in mine if not _is_done(out, t)]
+    if todo and labeler is None:
+        labeler = Labeler.from_config(cfg)  # a model that fails to load changes nothing
+    manifest = _write_out(out, identity, extra, kept, overwrite=overwrite, shard=shard)
     summary = LabelSummary(out, images=len(mine), done_before=len(mine) - len(todo), shard=shard)
     bar = Progress(0, stream=None)
 
@@ -312,8 +341,6 @@ def label_dataset(
 
     try:
         if todo:
-            if labeler is None:
-                labeler = Labeler.from_config(cfg)
             from grounded_sam.engine.embeddings import EmbeddingStore
 
             store = EmbeddingStore(out, identity["sam"])

@@ -51,7 +51,7 @@ def test_a_changed_sam_is_refused(reference, photos, cli_models, tmp_path, capsy
     manifest = ds.read_manifest(out)
     # the reference was made from the same weights in memory: adopt the CLI's identity
     manifest["sam"] = {"sam": "tiny_vit_test", "checkpoint_blake2b": "0" * 64, "precision": "fp32"}
-    manifest["detector"] = {"name": "content-boxes", "options": {}}
+    manifest["detector"] = {"name": "content-boxes", "options": {"box_threshold": 0.05}}
     ds.write_manifest(out, {k: v for k, v in manifest.items() if k not in ("format", "version")})
     snapshot = tree(out)
     rc, stdout, err = run_cli("label", argv, capsys)

@@ -226,3 +226,29 @@ def test_options_need_a_named_detector():
         "detector options ['box_threshold'] only apply when the detector is given by name; "
         "configure the detector object instead"
     )
+
+
+def test_detector_identity_ignores_paths_and_explicit_defaults(cli_models, tmp_path):
+    """Shards on machines where the model lives elsewhere, or a flag given at its default,
+    are the same detector; another model file is not."""
+    import shutil
+
+    from grounded_sam.engine.labeler import LabelConfig
+
+    a, b = tmp_path / "a" / "gdino", tmp_path / "b" / "model"
+    shutil.copytree(gdino_dir(), a)
+    shutil.copytree(gdino_dir(), b)
+
+    def ident(**kw):
+        return LabelConfig.create("cat", **kw).detector_identity()
+
+    assert ident(detector="grounding-dino", model=a) == ident(
+        detector="grounding-dino", model=str(b)
+    )
+    (b / "config.json").write_text((b / "config.json").read_text() + " ")
+    assert ident(detector="grounding-dino", model=a) != ident(detector="grounding-dino", model=b)
+    assert ident(detector="content-boxes") == ident(detector="content-boxes", box_threshold=0.05)
+    assert ident(detector="content-boxes") == {
+        "name": "content-boxes",
+        "options": {"box_threshold": 0.05},
+    }

@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 from grounded_sam.engine import dataset as ds
 from grounded_sam.engine.labeler import CandidateOptions
 from grounded_sam.engine.run import label, merge
-from grounded_sam.errors import InputError
+from grounded_sam.errors import GroundedSAMError, InputError
 from grounded_sam.testing.pipeline import CallCounter, tiny_sam
 
 BAD = ["empty.jpg", "notes.jpg", "truncated.jpg"]
@@ -319,3 +319,45 @@ def test_audit(reference, tmp_path):
         )
         path.write_text(json.dumps(bad))
         merge(out, audit=path)
+
+
+def test_a_model_that_fails_to_load_leaves_nothing(tmp_path):
+    photos = tmp_path / "photos"
+    write_photos(photos, kinds=("coffee",))
+    bad = tmp_path / "mobile_sam.pt"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "ds"
+    with pytest.raises(GroundedSAMError, match="mobile_sam.pt"):
+        label(photos, "cat", out, detector=ContentDetector(), sam="mobile_sam", sam_checkpoint=bad)
+    assert not out.exists()
+    # a folder whose first run failed before any image keeps no configuration to refuse
+    out.mkdir()
+    ds.write_manifest(out, {"ontology": {"classes": [{"name": "x", "prompts": ["x"]}]}})
+    done = _label(photos, "cat", out)
+    assert done.labelled == 1 and ds.read_manifest(out)["ontology"]["classes"][0]["name"] == "cat"
+
+
+def test_ctrl_c_keeps_the_work_and_assembles_it(tmp_path, capsys):
+    from grounded_sam.engine.runners import LocalRunner
+
+    photos = tmp_path / "photos"
+    write_photos(photos, kinds=("coffee", "black", "chelsea"))
+
+    class Interrupted(LocalRunner):
+        def run(self, labeler, tasks, commit, *, store=None):
+            commit(labeler.label_batch(tasks[:1])[0])
+            raise KeyboardInterrupt
+
+    out = tmp_path / "ds"
+    with pytest.raises(KeyboardInterrupt):
+        label(photos, "cat", out, detector=ContentDetector(), sam=tiny_sam(), runner=Interrupted())
+    assert "interrupted after 1 of 3 images; the work done is saved" in capsys.readouterr().err
+    doc = json.loads((out / ds.ANNOTATIONS).read_text())
+    assert [img["file_name"] for img in doc["images"]] == ["black.png"]  # what was done
+    done = _label(photos, "cat", out)
+    assert (done.done_before, done.labelled) == (1, 2)
+    assert [img["file_name"] for img in ds.read_annotations(out)["images"]] == [
+        "black.png",
+        "chelsea.png",
+        "coffee.png",
+    ]
