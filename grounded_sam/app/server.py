@@ -211,6 +211,17 @@ def create_app(
         except ValidationError as e:
             raise HTTPError(422, _validation_message(e)) from None
 
+    def doc(kind: str) -> dict:
+        """The request body of a JSON route in the OpenAPI schema (bodies are parsed by
+        ``body()`` for one-line errors, so FastAPI would not know them otherwise)."""
+        schema = schemas[kind].model_json_schema()
+        return {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": schema}},
+            }
+        }
+
     def fields(model) -> dict:
         return model.model_dump(exclude_none=True)
 
@@ -244,6 +255,7 @@ def create_app(
                 "detector": segmenter.pipe.detector_name,
                 "text_prompts": segmenter.detector_error is None,
                 "detector_error": segmenter.detector_error,
+                "detector_ready": segmenter.detector_ready,
                 "sam_id": None if segmenter.disk is None else segmenter.disk.sam_id,
             },
             "cache": segmenter.stats(),
@@ -299,7 +311,7 @@ def create_app(
         return file_response(store.ref_by_name(file_name))
 
     # ------------------------------------------------------------------ models
-    @app.post("/api/images/{image_id}/predict")
+    @app.post("/api/images/{image_id}/predict", openapi_extra=doc("predict"))
     async def predict(image_id: str, request: Request):
         req = await body(request, "predict")
         ref = store.ref(image_id_of(image_id))
@@ -307,7 +319,7 @@ def create_app(
             segmenter.predict, ref, req.points, req.box, req.mask_input, req.multimask
         )
 
-    @app.post("/api/images/{image_id}/text")
+    @app.post("/api/images/{image_id}/text", openapi_extra=doc("text"))
     async def text(image_id: str, request: Request):
         req = await body(request, "text")
         iid = image_id_of(image_id)
@@ -322,19 +334,39 @@ def create_app(
             inst["prompt"] = inst["label"]
         return {"image_id": iid, "phrases": phrases, "instances": instances}
 
-    @app.post("/api/prefetch")
+    @app.post("/api/prefetch", openapi_extra=doc("prefetch"))
     async def prefetch(request: Request):
         req = await body(request, "prefetch")
         refs = [store.ref(i) for i in req.ids[:8]]
         segmenter.prefetch(refs)
         return {"queued": [r.name for r in refs]}
 
-    @app.post("/api/segment")
+    segment_form = {
+        "type": "object",
+        "required": ["image"],
+        "properties": {
+            "image": {"type": "string", "format": "binary"},
+            "text": {"type": "string", "description": "phrases, e.g. 'a cat. a dog.'"},
+            "points": {"type": "string", "description": "JSON [[x, y, label], ...]"},
+            "boxes": {"type": "string", "description": "JSON [[x0, y0, x1, y1], ...]"},
+            "multimask": {"type": "boolean", "description": "best of 3 masks per prompt"},
+        },
+    }
+
+    @app.post(
+        "/api/segment",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": segment_form}},
+            }
+        },
+    )
     async def segment(request: Request):
         return await _segment(request, segmenter)
 
     # ------------------------------------------------------------------ editing
-    @app.post("/api/images/{image_id}/annotations", status_code=201)
+    @app.post("/api/images/{image_id}/annotations", status_code=201, openapi_extra=doc("new"))
     async def add_annotation(image_id: str, request: Request):
         req = await body(request, "new")
         return await run_in_threadpool(store.add_annotation, image_id_of(image_id), fields(req))
@@ -343,7 +375,7 @@ def create_app(
     def get_annotation(ann_id: str):
         return store.annotation(ann_id_of(ann_id))
 
-    @app.patch("/api/annotations/{ann_id}")
+    @app.patch("/api/annotations/{ann_id}", openapi_extra=doc("patch"))
     async def patch_annotation(ann_id: str, request: Request):
         req = await body(request, "patch")
         return await run_in_threadpool(store.update_annotation, ann_id_of(ann_id), fields(req))
@@ -352,12 +384,12 @@ def create_app(
     async def delete_annotation(ann_id: str):
         return await run_in_threadpool(store.delete_annotation, ann_id_of(ann_id))
 
-    @app.post("/api/images/{image_id}/done")
+    @app.post("/api/images/{image_id}/done", openapi_extra=doc("done"))
     async def done(image_id: str, request: Request):
         req = await body(request, "done")
         return await run_in_threadpool(store.set_done, image_id_of(image_id), req.done)
 
-    @app.post("/api/candidates/{cand_id}/accept", status_code=201)
+    @app.post("/api/candidates/{cand_id}/accept", status_code=201, openapi_extra=doc("naming"))
     async def accept_candidate(cand_id: str, request: Request):
         req = await body(request, "naming")
         return await run_in_threadpool(store.accept_candidate, cand_id, fields(req))

@@ -3,8 +3,9 @@ encoded once, clicks that run only the prompt encoder and mask decoder.
 
 Embeddings are looked up in three places, cheapest first: the pipeline's bounded in-memory
 LRU (``pipeline.cache``), the dataset's embedding store on disk (shared with ``label`` and
-``finetune``: :class:`grounded_sam.engine.embeddings.EmbeddingStore`), then one encoder pass. A background thread prefetches the images the person is likely to open
-next, so the first click on a new image usually costs a decoder call only.
+``finetune``: :class:`grounded_sam.engine.embeddings.EmbeddingStore`), then one encoder
+pass. A background thread prefetches the images the person is likely to open next, so the
+first click on a new image usually costs a decoder call only.
 
 Concurrency (the server answers requests from a thread pool):
 
@@ -148,6 +149,7 @@ class Segmenter:
         self._logits: OrderedDict[str, tuple[tuple, np.ndarray]] = OrderedDict()
         self._logits_capacity = logits_capacity
         self._detector_error: str | None = None
+        self._detector_ready = False
         self.encoder_calls = 0
         self.prefetched = 0
         self._last_click = 0.0
@@ -182,24 +184,38 @@ class Segmenter:
 
     # ------------------------------------------------------------------ detector
     def load_detector(self) -> None:
-        """Build the detector now; a failure is remembered and reported on text prompts."""
+        """Build the detector now (once); a failure is remembered and reported on text
+        prompts as :class:`Unavailable`, instead of stopping the app."""
         try:
-            with self._detector_lock:
+            self._ensure_detector()
+        except Unavailable as e:
+            log.error("%s", e)
+
+    def _ensure_detector(self) -> None:
+        # one build, whether the loader thread or a text prompt gets here first
+        with self._detector_lock:
+            if self._detector_error is not None:
+                raise Unavailable(f"text prompts are unavailable: {self._detector_error}")
+            if self._detector_ready:
+                return
+            try:
                 self.pipe.detector  # noqa: B018 - builds it
-            self._detector_error = None
-        except Exception as e:  # noqa: BLE001 - reported to the client as 503
-            self._detector_error = (
-                f"{type(e).__name__}: {e}" if not isinstance(e, GroundedSAMError) else str(e)
-            )
-            log.error("the detector failed to load, text prompts are off: %s", e)
+            except Exception as e:  # noqa: BLE001 - reported to the client as 503
+                self._detector_error = (
+                    str(e) if isinstance(e, GroundedSAMError) else f"{type(e).__name__}: {e}"
+                )
+                raise Unavailable(f"text prompts are unavailable: {self._detector_error}") from None
+            self._detector_ready = True
 
     @property
     def detector_error(self) -> str | None:
+        """Why text prompts are off (the detector failed to load), or ``None``."""
         return self._detector_error
 
-    def _check_detector(self) -> None:
-        if self._detector_error is not None:
-            raise Unavailable(f"text prompts are unavailable: {self._detector_error}")
+    @property
+    def detector_ready(self) -> bool:
+        """Whether the detector is built (text prompts then cost no loading time)."""
+        return self._detector_ready
 
     # ------------------------------------------------------------------ embeddings
     def cached(self, ref: ImageRef) -> bool:
@@ -380,7 +396,7 @@ class Segmenter:
     def segment_ref(self, ref: ImageRef, text) -> object:
         """``pipeline.segment(image, text)`` on a dataset image, using (and filling) the
         embedding caches; returns the :class:`~grounded_sam.result.Result`."""
-        self._check_detector()
+        self._ensure_detector()
         image = ref.load()
         emb, _ = self.embedding(ref, image)
         with self._encode_lock, self._predict_lock:
@@ -402,7 +418,7 @@ class Segmenter:
         """Exactly :meth:`GroundedSAM.segment` (what ``grounded-sam segment`` runs), serialised
         with the app's other model calls."""
         if text is not None:
-            self._check_detector()
+            self._ensure_detector()
         with self._encode_lock, self._predict_lock:
             return self.pipe.segment(
                 image,
