@@ -7,7 +7,8 @@ Errors are one line of JSON, ``{"error": "..."}``, never a traceback: 400 malfor
 (bad JSON, bad form, a refused path), 401 missing token, 404 unknown image / annotation /
 path, 405 wrong method, 409 an edit that conflicts with the dataset, 413 body too large,
 415 not JSON, 422 a well-formed request with bad values (a point outside the image, an unknown
-class), 503 text prompts while the detector is unavailable, 500 a bug (logged on the server).
+class), 503 text prompts while the detector is unavailable or a dataset that cannot be saved
+(full disk), 500 a bug (logged on the server).
 """
 
 # no ``from __future__ import annotations``: FastAPI reads the route signatures' annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from grounded_sam.app.security import DEFAULT_MAX_BODY, Guard, PathRefused, check_file_name
 from grounded_sam.app.service import Segmenter, Unavailable, result_annotations
-from grounded_sam.app.store import Conflict, DatasetStore, NotFound
+from grounded_sam.app.store import Conflict, DatasetStore, NotFound, SaveFailed
 from grounded_sam.errors import GroundedSAMError, InputError, require
 
 __all__ = ["create_app", "serve", "STATIC_DIR"]
@@ -58,7 +59,7 @@ def _status_of(exc: BaseException) -> int:
         return 404
     if isinstance(exc, Conflict):
         return 409
-    if isinstance(exc, Unavailable):
+    if isinstance(exc, (Unavailable, SaveFailed)):
         return 503
     if isinstance(exc, GroundedSAMError):
         return 422

@@ -42,13 +42,14 @@ from typing import Any
 
 from grounded_sam.app.service import ImageRef
 from grounded_sam.engine import dataset as fmt
-from grounded_sam.errors import InputError
+from grounded_sam.errors import GroundedSAMError, InputError
 
 __all__ = [
     "APP_FILE",
     "Conflict",
     "DatasetStore",
     "NotFound",
+    "SaveFailed",
     "Source",
     "check_rle",
     "scan_sources",
@@ -66,6 +67,10 @@ class NotFound(InputError):
 
 class Conflict(InputError):
     """An edit that contradicts the dataset as it is now (HTTP 409)."""
+
+
+class SaveFailed(GroundedSAMError):
+    """The dataset could not be written (a full or read-only disk); nothing changed (503)."""
 
 
 # --------------------------------------------------------------------------- sources
@@ -618,23 +623,29 @@ class DatasetStore:
             if not fut.done():
                 with self._pending_lock:
                     batch, self._pending = self._pending, []
-                self._write_batch(batch)
+                try:
+                    self._write_batch(batch)
+                except BaseException as e:  # never leave a waiting request without an answer
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(e)
         return fut.result()
 
     def _write_batch(self, batch: list[tuple[Callable[[], Any], Future]]) -> None:
+        """Apply ``batch`` to the dataset as it is on disk now and write it once. A change
+        refused with an :class:`InputError` is answered alone; any other failure (a bug, a
+        full disk) answers every change of the batch with it and leaves the state as on disk.
+        """
         from filelock import FileLock, Timeout
 
         lock = FileLock(str(self.root / LOCK_FILE), timeout=self._lock_timeout)
         try:
             lock.acquire()
         except Timeout:
-            err = Conflict(
+            raise Conflict(
                 f"the dataset is locked by another writer for over {self._lock_timeout:g} s "
                 f"({self.root / LOCK_FILE}); try again"
-            )
-            for _, fut in batch:
-                fut.set_exception(err)
-            return
+            ) from None
         try:
             if (
                 _signature(self.root / fmt.ANNOTATIONS) != self._sig
@@ -643,20 +654,24 @@ class DatasetStore:
                 self._load()  # another process wrote: apply our changes to its file
             self._cands_changed = False
             results = []
-            for op, fut in batch:
-                try:
-                    with self._lock:
-                        results.append((fut, op(), None))
-                except InputError as e:  # this change only; the others still commit
-                    results.append((fut, None, e))
-            if any(e is None for _, _, e in results):
-                try:
-                    self._write()
-                except BaseException as e:
-                    self._load()  # back to what is on disk
-                    for fut, _, _ in results:
-                        fut.set_exception(e)
-                    raise
+            try:
+                for op, fut in batch:
+                    try:
+                        with self._lock:
+                            results.append((fut, op(), None))
+                    except InputError as e:  # this change only; the others still commit
+                        results.append((fut, None, e))
+                if any(e is None for _, _, e in results):
+                    try:
+                        self._write()
+                    except OSError as e:
+                        raise SaveFailed(
+                            f"could not save {self.root / fmt.ANNOTATIONS}: {e}; nothing was "
+                            "changed, try again once the disk has room"
+                        ) from e
+            except BaseException:
+                self._load()  # back to what is on disk
+                raise
             for fut, value, err in results:
                 if err is None:
                     fut.set_result(value)

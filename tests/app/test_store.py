@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import CHELSEA, make_images, read_doc, rect_mask
 
-from grounded_sam.app.store import Conflict, DatasetStore, NotFound, check_rle
+from grounded_sam.app.store import Conflict, DatasetStore, NotFound, SaveFailed, check_rle
 from grounded_sam.errors import InputError
 from grounded_sam.masks import decode_rle, encode_rle
 
@@ -254,3 +254,25 @@ def test_killed_writer_leaves_a_whole_file_with_every_acknowledged_change(label_
     # the next open cleans debris older than label's grace period and reads the file
     DatasetStore.open(root).list_images()
     assert os.path.getsize(root / "annotations.json") > 0
+
+
+def test_a_failed_write_answers_every_waiting_change(label_dataset, monkeypatch):
+    """A full disk (or a bug) fails the changes of its batch with the error, leaves the state
+    as on disk, and the next change works again."""
+    from grounded_sam.engine import dataset as fmt
+
+    root, _ = label_dataset
+    store = DatasetStore.open(root)
+    before = (root / "annotations.json").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fmt, "write_annotations", full)
+    with pytest.raises(SaveFailed, match="No space left on device; nothing was changed"):
+        store.add_annotation(2, {"segmentation": seg_at(7), "category_id": 1})
+    assert (root / "annotations.json").read_bytes() == before
+    assert len(store.image_detail(2)["annotations"]) == 2  # the failed change is not shown
+    monkeypatch.undo()
+    a = store.add_annotation(2, {"segmentation": seg_at(8), "category_id": 1})
+    assert a["id"] in {x["id"] for x in read_doc(root)["annotations"]}
