@@ -93,8 +93,9 @@ class GroundedSAM:
         detector: a detector name (see :func:`grounded_sam.detectors.list_detectors`) or a
             ready object with ``detect(image, phrases) -> Detections``. Named detectors are
             built on the first text prompt (point/box prompts never need one).
-        sam: a SAM variant name (see :func:`grounded_sam.list_models`), a SAM model or a
-            ``SamPredictor``.
+        sam: a SAM variant name (see :func:`grounded_sam.list_models`), a SAM model, a
+            ``SamPredictor``, or a :class:`grounded_sam.onnx.OnnxSamPredictor` (onnxruntime
+            runs SAM from an ``export-onnx`` folder; ``device`` is then the detector's).
         sam_checkpoint: official-format checkpoint for a named ``sam``; ``None`` fetches the
             registry weights through :func:`grounded_sam.weights.fetch`.
         precision: for a named ``sam``: ``"fp32"`` (default, exact) or an opt-in faster,
@@ -129,6 +130,7 @@ class GroundedSAM:
         from grounded_sam.detectors.base import detector_capabilities, list_detectors
         from grounded_sam.model.build import build_sam, resolve_device
         from grounded_sam.model.precision import check_precision
+        from grounded_sam.onnx.predictor import OnnxSamPredictor
 
         check_precision(precision)
         self.cache = EmbeddingCache(cache_size)
@@ -180,14 +182,18 @@ class GroundedSAM:
             predictor = SamPredictor(
                 build_sam(sam, checkpoint=sam_checkpoint, device=device, precision=precision)
             )
+        elif isinstance(sam, OnnxSamPredictor):  # onnxruntime runs SAM (grounded_sam.onnx)
+            predictor = sam
         else:
             raise InputError(
-                f"sam must be a variant name, a SAM model or a SamPredictor, got "
-                f"{type(sam).__name__}"
+                f"sam must be a variant name, a SAM model, a SamPredictor or an "
+                f"OnnxSamPredictor, got {type(sam).__name__}"
             )
         self.predictor = predictor
         self.sam = predictor.model
         self.device = self.sam.device
+        if isinstance(sam, OnnxSamPredictor) and device is not None:
+            self.device = resolve_device(device)  # onnxruntime picks its own: the detector's
         self.encoder_calls = 0
 
     # -------------------------------------------------------------- components

@@ -97,6 +97,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="box prompt in pixels (clipped to the image); repeatable, one instance per box",
     )
     add_sam_args(parser)
+    parser.add_argument(
+        "--sam-onnx",
+        default=None,
+        metavar="DIR",
+        help="run SAM with onnxruntime from an export folder (grounded-sam export-onnx) "
+        "instead of PyTorch; replaces --sam, --sam-checkpoint and --precision",
+    )
     add_detector_args(parser)
     parser.add_argument(
         "--multimask",
@@ -155,9 +162,16 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     kw = detector_kwargs(args) if args.text is not None else {}
     out = check_output_args(args)
+    sam = args.sam
+    if args.sam_onnx is not None:
+        from grounded_sam.onnx import OnnxSamPredictor
+
+        if args.sam_checkpoint is not None or args.precision != "fp32":
+            raise UsageError("--sam-onnx replaces --sam-checkpoint and --precision: drop them")
+        sam = OnnxSamPredictor(args.sam_onnx)
     pipe = GroundedSAM(
         args.detector,
-        args.sam,
+        sam,
         sam_checkpoint=args.sam_checkpoint,
         device=args.device,
         precision=args.precision,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -340,6 +341,28 @@ def _shortest(t: torch.Tensor) -> list[float]:
     return [float(str(np.float32(v))) for v in t.flatten().tolist()]
 
 
+class _QuantizerNotes(logging.Filter):
+    """Drops onnxruntime's quantiser notes that say nothing about the result: its advice to
+    run its pre-processing first, and one line (with a whole tensor type) per integer tensor
+    it leaves alone, as it must (index and shape computations)."""
+
+    NOTES = ("Please consider to run pre-processing", "Inference failed or unsupported type")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOTES)
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """The quantiser logs through the root logger: filter it there while it runs only."""
+    root, notes = logging.getLogger(), _QuantizerNotes()
+    root.addFilter(notes)
+    try:
+        yield
+    finally:
+        root.removeFilter(notes)
+
+
 def _quantize(folder: Path, qfolder: Path, log) -> None:
     """Dynamic int8 weights (onnxruntime's ``quantize_dynamic``, unsigned 8-bit, per tensor,
     as Meta's export script does) of both files, written into ``qfolder``."""
@@ -350,7 +373,7 @@ def _quantize(folder: Path, qfolder: Path, log) -> None:
         log(f"quantising {name} (dynamic int8)")
         src = folder / name
         external = (folder / (name + ".data")).exists()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_quantizer():
             warnings.simplefilter("ignore")
             quantize_dynamic(
                 src,
