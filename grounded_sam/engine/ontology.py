@@ -155,6 +155,12 @@ class Ontology:
     @classmethod
     def inline(cls, text: str) -> Ontology:
         """``"cat,dog"`` -> two classes whose one prompt is their name."""
+        if "." in text:
+            raise InputError(
+                f"--classes {text!r}: separate classes with commas (e.g. --classes 'cat,dog'); "
+                "'.' separates the phrases of segment --text, and a class with several "
+                "captions needs a YAML ontology"
+            )
         items = [" ".join(t.split()) for t in text.split(",")]
         if not any(items):
             raise InputError(

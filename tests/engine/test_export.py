@@ -146,6 +146,23 @@ def test_yolo_seg_round_trip_and_layout(synthetic, tmp_path):
     assert all(0.0 <= float(v) <= 1.0 for v in line[1:]) and len(line) % 2 == 1
 
 
+def test_ultralytics_accepts_the_yolo_export(synthetic, tmp_path):
+    """ultralytics' own dataset check reads every image/label pair as a valid segment set."""
+    from ultralytics.data.utils import verify_image_label
+
+    folder, images, _ = synthetic
+    out = tmp_path / "yolo"
+    export_dataset(folder, "yolo-seg", out, image_roots=[images])
+    for rel in ("a", "sub/b"):
+        im, lb = out / "images" / f"{rel}.png", out / "labels" / f"{rel}.txt"
+        result = verify_image_label((str(im), str(lb), "", False, 2, 0, 0, False))
+        im_file, labels, shape, segments, _, missing, found, empty, corrupt, msg = result
+        assert (missing, found, corrupt) == (0, 1, 0), msg
+        assert tuple(shape) == (H, W)
+        assert len(labels) == (5 if rel == "a" else 0) and empty == (rel != "a")
+        assert len(segments) == len(labels)
+
+
 def test_multi_part_outlines_match_ultralytics():
     """Joined outlines are exactly those of ultralytics' own converter."""
     from ultralytics.data.converter import merge_multi_segment as ul_merge

@@ -176,6 +176,12 @@ def test_ontology_errors(tmp_path, text, message):
         (" , ", "--classes ' , ' names no class; give e.g. --classes 'cat,dog' or a YAML file"),
         ("missing.yaml", "ontology file 'missing.yaml' not found"),
         (
+            "a cat. a dog.",
+            "--classes 'a cat. a dog.': separate classes with commas (e.g. --classes 'cat,dog'); "
+            "'.' separates the phrases of segment --text, and a class with several captions "
+            "needs a YAML ontology",
+        ),
+        (
             "cat, dog , cat",
             "ontology --classes 'cat, dog , cat': duplicate class name 'cat' (classes[0] and "
             "classes[2]); class names must be unique",
@@ -186,3 +192,18 @@ def test_inline_errors(spec, message):
     with pytest.raises(InputError) as e:
         load_ontology(spec)
     assert str(e.value) == message
+
+
+def test_a_labelling_config_pickles_for_distributed_workers(tmp_path):
+    """A configuration of names (what the CLI builds) crosses process boundaries intact."""
+    import pickle
+
+    from grounded_sam.engine.labeler import CandidateOptions, LabelConfig
+
+    path = tmp_path / "classes.yaml"
+    path.write_text(FULL)
+    cfg = LabelConfig.create(
+        path, detector="grounding-dino", sam="mobile_sam", candidates=CandidateOptions(8)
+    )
+    again = pickle.loads(pickle.dumps(cfg))
+    assert again == cfg and again.identity() == cfg.identity()
