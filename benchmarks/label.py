@@ -106,21 +106,22 @@ def run(
         make_images(images, n_images)
         sam_obj, ckpt, det_opts = _models(sam, sam_checkpoint, detector_model)
         samples: dict[int, tuple[float, float, float]] = {}
+        marks = {10, n_images // 4, n_images // 2, 3 * n_images // 4, n_images}
 
         class Sampling(LocalRunner):
-            """The local runner, sampling memory after the 10th and the last unit."""
+            """The local runner, sampling memory after the 10th, a quarter, half, three
+            quarters and the last unit."""
 
             def run(self, labeler, tasks, commit, *, store=None):
                 t0 = time.perf_counter()
+                seen = [0]
 
                 def sampled(unit):
                     commit(unit)
-                    k = len(samples_seen) + 1
-                    samples_seen.append(k)
-                    if k in (10, len(tasks)):
-                        samples[k] = (_rss_mib(), _peak_mib(), time.perf_counter() - t0)
+                    seen[0] += 1
+                    if seen[0] in marks or seen[0] == len(tasks):
+                        samples[seen[0]] = (_rss_mib(), _peak_mib(), time.perf_counter() - t0)
 
-                samples_seen: list[int] = []
                 super().run(labeler, tasks, sampled, store=store)
 
         config = LabelConfig.create(
@@ -138,6 +139,10 @@ def run(
         last = max(samples)
         (rss10, peak10, t10), (rss_n, peak_n, t_n) = samples[10], samples[last]
         a = summary.assembly
+        doc = json.loads((tmp / "dataset" / "annotations.json").read_text())
+        per_image: dict[int, int] = {}
+        for ann in doc["annotations"]:
+            per_image[ann["image_id"]] = per_image.get(ann["image_id"], 0) + 1
         return [
             {
                 "images": n_images,
@@ -148,6 +153,7 @@ def run(
                 "labelled": summary.labelled,
                 "empty": a.empty,
                 "instances": a.annotations,
+                "most_instances_in_an_image": max(per_image.values(), default=0),
                 "encoder_images": summary.encoder_images,
                 "label_images_per_s": round(summary.labelled / summary.label_seconds, 3),
                 "steady_images_per_s": round((last - 10) / (t_n - t10), 3) if last > 10 else None,
@@ -157,6 +163,8 @@ def run(
                 "peak_rss_mib_at_10": round(peak10, 1),
                 "peak_rss_mib_at_last": round(peak_n, 1),
                 "growth_mib": round(peak_n - peak10, 1),
+                "rss_mib_by_image": {k: round(v[0], 1) for k, v in sorted(samples.items())},
+                "peak_rss_mib_by_image": {k: round(v[1], 1) for k, v in sorted(samples.items())},
                 "annotations_json_mib": round(
                     (tmp / "dataset" / "annotations.json").stat().st_size / 2**20, 2
                 ),

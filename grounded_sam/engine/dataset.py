@@ -80,6 +80,7 @@ __all__ = [
     "file_digest",
     "file_mode",
     "find_image",
+    "image_status",
     "read_annotations",
     "read_candidates",
     "read_errors",
@@ -350,6 +351,30 @@ def read_candidates(dataset: str | os.PathLike) -> list[dict[str, Any]]:
     """``DATASET/candidates.json`` (``[]`` when absent)."""
     path = Path(dataset) / CANDIDATES
     return read_json(path, "candidates file") if path.exists() else []
+
+
+def image_status(
+    dataset: str | os.PathLike, file_names: Iterable[str] | None = None
+) -> dict[str, str]:
+    """Each image's state, as the app lists it: ``"needs_review"`` (in ``review.json``),
+    ``"labelled"`` (in ``annotations.json``), ``"error"`` (in ``errors.json``) or
+    ``"not_done"``; for ``file_names`` (default: every image the dataset knows)."""
+    root = Path(dataset)
+    labelled = (
+        {img["file_name"] for img in read_annotations(root)["images"]}
+        if (root / ANNOTATIONS).exists()
+        else set()
+    )
+    review = {item.get("file_name") for item in read_review(root)}
+    errors = {e["file_name"] for e in read_errors(root)}
+    names = sorted(labelled | errors) if file_names is None else list(file_names)
+    out = {}
+    for name in names:
+        if name in labelled:
+            out[name] = "needs_review" if name in review else "labelled"
+        else:
+            out[name] = "error" if name in errors else "not_done"
+    return out
 
 
 # --------------------------------------------------------------------------- manifest

@@ -39,8 +39,10 @@ from grounded_sam.predictor import SamPredictor
 
 __all__ = ["CandidateOptions", "LabelConfig", "Labeler"]
 
-# bytes of float32 full-resolution logits post-processed at once (bounds memory on big images)
-_LOGITS_BUDGET = 256 * 1024 * 1024
+# bytes of float32 full-resolution logits post-processed at once: bounds memory on big images
+# and many boxes (SAM upsamples to 1024x1024 first, with a copy or two on the way, so 64 MB
+# of logits peak near 200 MB; 256 MB was measured to add ~110 MB of peak RSS on busy images)
+_LOGITS_BUDGET = 64 * 1024 * 1024
 # pairs overlapping at least this much (mask IoU) are flagged for review
 OVERLAP_IOU = 0.25
 # synonyms merged into one instance whose masks agree less than this are flagged

@@ -93,6 +93,14 @@ def test_review_queue(reference):
     assert black["annotation_id"] is None and black["reasons"] == ["empty"]
 
 
+def test_image_status_for_the_app(reference):
+    out, _ = reference
+    status = ds.image_status(out, [*GOOD, *BAD, "new.jpg"])
+    assert status["black.png"] == "needs_review"  # empty: in the review queue
+    assert {status[n] for n in BAD} == {"error"} and status["new.jpg"] == "not_done"
+    assert set(ds.image_status(out)) == {*GOOD, *BAD}
+
+
 def test_rerun_labels_nothing_again_and_retries_bad_images(reference, tmp_path):
     out0, _ = reference
     out = tmp_path / "ds"
