@@ -233,7 +233,8 @@ def remove_stale_temporaries(dataset: str | os.PathLike) -> int:
     Younger ones may belong to a writer still running (another shard) and are left alone."""
     root = Path(dataset)
     now, n = time.time(), 0
-    for folder in [root, *sorted((root / UNITS).glob("*"))]:
+    folders = [root, *(root / UNITS).glob("*"), *(root / EMBEDDINGS).glob("*/*")]
+    for folder in folders:
         if not folder.is_dir():
             continue
         for p in folder.glob(_TMP_PREFIX + "*"):
