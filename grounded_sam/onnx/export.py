@@ -22,6 +22,7 @@ range of runtimes, onnxruntime-web included), then
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -177,6 +178,14 @@ def _python_floordiv(opset: int) -> Iterator[None]:
             torch.onnx.unregister_custom_op_symbolic(name, opset)
 
 
+# The TorchScript-based exporter: PyTorch >= 2.5 defaults to its torch.export-based one (which
+# writes opset 18 and up only, and took 5x longer on the decoder); older releases have no
+# ``dynamo`` argument and only this exporter.
+_TORCHSCRIPT = (
+    {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+)
+
+
 def _trace(module, args, path: Path, opset: int, inputs, outputs, dynamic_axes, model) -> None:
     """Trace ``module`` to ``path`` with the TorchScript exporter, in the model's plain mode."""
     with graphs.plain_mode(model), _python_floordiv(opset), warnings.catch_warnings():
@@ -187,7 +196,7 @@ def _trace(module, args, path: Path, opset: int, inputs, outputs, dynamic_axes, 
             module,
             args,
             str(path),
-            dynamo=False,
+            **_TORCHSCRIPT,
             opset_version=opset,
             do_constant_folding=True,
             input_names=inputs,
