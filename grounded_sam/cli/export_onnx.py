@@ -1,5 +1,5 @@
 """``grounded-sam export-onnx --sam NAME [--sam-checkpoint PATH] --out DIR [--opset N]
-[--quantize] [--single-mask] [--no-verify]``.
+[--quantize] [--single-mask] [--encoder-preprocess] [--no-verify]``.
 
 Writes ``DIR/encoder.onnx``, ``DIR/decoder.onnx`` (Meta's decoder inputs and outputs) and
 ``DIR/sam_onnx.json``, checked in onnxruntime against the PyTorch model before they are kept;
@@ -60,6 +60,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="the decoder returns one mask instead of four (Meta's --return-single-mask)",
     )
     parser.add_argument(
+        "--encoder-preprocess",
+        action="store_true",
+        help="SAM 1 / MobileSAM: encoder.onnx takes the resized (h, w, 3) float32 RGB image "
+        "(0..255, long side <= 1024) and normalises and pads it itself (samexporter's "
+        "--use-preprocess layout, what X-AnyLabeling's SAM loader feeds)",
+    )
+    parser.add_argument(
         "--no-verify",
         action="store_true",
         help="skip the onnxruntime-vs-PyTorch check (faster; the files are not checked)",
@@ -96,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         opset=args.opset,
         quantize=args.quantize,
         single_mask=args.single_mask,
+        encoder_preprocess=args.encoder_preprocess,
         verify_outputs=not args.no_verify,
         log=log,
     )

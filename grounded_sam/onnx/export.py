@@ -226,7 +226,9 @@ def _single_file(path: Path) -> None:
     )
 
 
-def _export_files(model, folder: Path, opset: int, single_mask: bool, log) -> None:
+def _export_files(
+    model, folder: Path, opset: int, single_mask: bool, encoder_preprocess: bool, log
+) -> None:
     family = model.family
     image = verify.verification_image()
     with torch.no_grad():
@@ -237,8 +239,12 @@ def _export_files(model, folder: Path, opset: int, single_mask: bool, log) -> No
     log(f"exporting the image encoder of {model.name} (opset {opset})")
     enc_dir = folder / "encoder"
     enc_dir.mkdir()
-    _trace(graphs.encoder_graph(model), (x,), enc_dir / files.ENCODER_FILE, opset, enc_in,
-           enc_out, None, model)  # fmt: skip
+    enc_example, enc_dynamic = x, None
+    if encoder_preprocess:  # the resized (h, w, 3) image in 0..255, any h, w up to the side
+        enc_example = torch.from_numpy(model.transform.apply_image(image).astype(np.float32))
+        enc_dynamic = {enc_in[0]: {0: "image_height", 1: "image_width"}}
+    _trace(graphs.encoder_graph(model, encoder_preprocess), (enc_example,),
+           enc_dir / files.ENCODER_FILE, opset, enc_in, enc_out, enc_dynamic, model)  # fmt: skip
     _single_file(enc_dir / files.ENCODER_FILE)
     log("exporting the prompt encoder and mask decoder")
     example = [
@@ -289,7 +295,9 @@ def _declare_decoder_shapes(path: Path, masks: int, model) -> None:
     onnx.save_model(proto, str(path))
 
 
-def _metadata(model, opset: int, single_mask: bool, checkpoint) -> dict[str, Any]:
+def _metadata(
+    model, opset: int, single_mask: bool, encoder_preprocess: bool, checkpoint
+) -> dict[str, Any]:
     import onnxruntime
 
     import grounded_sam
@@ -324,6 +332,9 @@ def _metadata(model, opset: int, single_mask: bool, checkpoint) -> dict[str, Any
             "file": files.ENCODER_FILE,
             "inputs": graphs.ENCODER_IO[family][0],
             "outputs": graphs.ENCODER_IO[family][1],
+            # "nchw": (1, 3, S, S) normalised, padded; "hwc": the resized (h, w, 3) image in
+            # 0..255, normalised and padded inside the graph
+            "input_layout": "hwc" if encoder_preprocess else "nchw",
         },
         "decoder": {
             "file": files.DECODER_FILE,
@@ -422,6 +433,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     quantize: bool = False,
     single_mask: bool = False,
+    encoder_preprocess: bool = False,
     verify_outputs: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> OnnxExport:
@@ -440,6 +452,10 @@ def export_onnx(
         single_mask: the decoder returns one mask (Meta's ``--return-single-mask``: SAM 1
             picks the single-mask token for more than one click and the best multimask output
             otherwise; SAM 2.1 its stability rule) instead of four.
+        encoder_preprocess: SAM 1 / MobileSAM: ``encoder.onnx`` takes the resized image,
+            (h, w, 3) float32 RGB in 0..255 with its long side at most 1024, and normalises
+            and pads it itself (samexporter's ``--use-preprocess`` layout, which
+            X-AnyLabeling's SAM loader feeds) instead of the (1, 3, 1024, 1024) tensor.
         verify_outputs: compare the files with the PyTorch model in onnxruntime and refuse
             them beyond :data:`TOLERANCES` (about as long as the export itself).
         log: called with one line per step (the CLI prints them).
@@ -465,14 +481,19 @@ def export_onnx(
     runtime.onnxruntime()
     model = _resolve_model(sam, checkpoint)
     _check_model(model)
+    if encoder_preprocess and model.family != "sam":
+        raise InputError(
+            f"encoder_preprocess is for SAM 1 / MobileSAM; {model.name!r} is a "
+            f"{model.family!r} model, whose encoder takes the (1, 3, 1024, 1024) tensor"
+        )
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=out))
     try:
-        _export_files(model, tmp, opset, single_mask, log)
+        _export_files(model, tmp, opset, single_mask, encoder_preprocess, log)
         for name in (files.ENCODER_FILE, files.DECODER_FILE):
             check_standard_ops(tmp / name)
-        meta = _metadata(model, opset, single_mask, checkpoint)
+        meta = _metadata(model, opset, single_mask, encoder_preprocess, checkpoint)
         fp32 = None
         if verify_outputs or quantize:
             fp32 = OnnxSam.from_files(tmp / files.ENCODER_FILE, tmp / files.DECODER_FILE, meta)

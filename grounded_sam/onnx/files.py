@@ -100,6 +100,9 @@ def preprocess(image: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, tup
     SAM 2.1 (``resize: square``): values / 255, bilinear resize of the whole image to S x S
     (antialiased when shrinking, as ``torch.nn.functional.interpolate(..., antialias=True)``
     and PIL do), ImageNet mean/std; equal to ``Sam2.prepare_image`` within float rounding.
+
+    An encoder exported with ``encoder_preprocess`` (``input_layout: hwc``) takes the resized
+    (h, w, 3) float32 image in 0..255 instead, and normalises and pads it itself.
     """
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         raise InputError(f"expected an (H, W, 3) uint8 RGB array, got shape {np.shape(image)}")
@@ -123,6 +126,8 @@ def preprocess(image: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, tup
         resized = np.asarray(
             Image.fromarray(image).resize((w, h), Image.BILINEAR), dtype=np.float32
         ) / np.float32(p["divide_by"])
+    if meta.get("encoder", {}).get("input_layout") == "hwc":  # the graph normalises, pads
+        return np.ascontiguousarray(resized, dtype=np.float32), (h, w)
     x = np.zeros((1, 3, s, s), dtype=np.float32)
     x[0, :, :h, :w] = ((resized - mean) / std).transpose(2, 0, 1)
     return x, (h, w)

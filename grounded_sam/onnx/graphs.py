@@ -97,6 +97,10 @@ class SamEncoderGraph(nn.Module):
     """SAM 1 / MobileSAM image encoder: (1, 3, 1024, 1024) normalised, zero-padded image ->
     (1, 256, 64, 64) ``image_embeddings``.
 
+    With ``preprocess``, the input is instead the resized image, (h, w, 3) float32 RGB in
+    0..255 with its long side at most 1024 (samexporter's ``--use-preprocess`` layout, which
+    X-AnyLabeling's SAM loader feeds), normalised and zero-padded inside the graph.
+
     The ViT runs in Meta's reference form (window partition, attention with the whole
     relative-position bias, unpartition; residual, MLP, residual). The model's CPU path
     slices the bias by heads and query rows and the MLP by rows to stay in cache, which would
@@ -104,15 +108,24 @@ class SamEncoderGraph(nn.Module):
     Other encoders (MobileSAM's TinyViT) run their own forward.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, preprocess: bool = False) -> None:
         super().__init__()
         self.image_encoder = model.image_encoder
+        self.preprocess = bool(preprocess)
+        self.img_size = int(model.img_size)
+        self.register_buffer("pixel_mean", model.pixel_mean.reshape(-1).clone(), persistent=False)
+        self.register_buffer("pixel_std", model.pixel_std.reshape(-1).clone(), persistent=False)
 
     def forward(self, input_image: torch.Tensor) -> torch.Tensor:
+        x = input_image
+        if self.preprocess:  # as Sam.preprocess, on an (h, w, 3) image
+            x = ((x - self.pixel_mean) / self.pixel_std).permute(2, 0, 1)
+            h, w = x.shape[-2:]
+            x = F.pad(x, (0, self.img_size - w, 0, self.img_size - h)).unsqueeze(0)
         enc = self.image_encoder
         if not hasattr(enc, "blocks") or not hasattr(enc, "patch_embed"):
-            return enc(input_image)
-        x = enc.patch_embed(input_image)  # (B, H, W, C)
+            return enc(x)
+        x = enc.patch_embed(x)  # (B, H, W, C)
         if enc.pos_embed is not None:
             x = x + enc.pos_embed
         for blk in enc.blocks:
@@ -409,9 +422,11 @@ class Sam2DecoderGraph(nn.Module):
         return masks.unsqueeze(1), scores.unsqueeze(1)
 
 
-def encoder_graph(model: nn.Module) -> nn.Module:
-    """The encoder module to trace for ``model``'s family."""
-    return Sam2EncoderGraph(model) if model.family == "sam2" else SamEncoderGraph(model)
+def encoder_graph(model: nn.Module, preprocess: bool = False) -> nn.Module:
+    """The encoder module to trace for ``model``'s family (``preprocess``: SAM 1 only)."""
+    if model.family == "sam2":
+        return Sam2EncoderGraph(model)
+    return SamEncoderGraph(model, preprocess)
 
 
 def decoder_graph(model: nn.Module, single_mask: bool = False) -> nn.Module:

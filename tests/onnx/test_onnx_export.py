@@ -128,3 +128,24 @@ def test_re_export_replaces_our_files_only(model, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
     onnx.checker.check_model(str(result.encoder))
     assert np.isfinite(result.metadata["export_seconds"])
+
+
+def test_encoder_preprocess_layout(model, exported, photos, tmp_path):
+    """``encoder_preprocess``: encoder.onnx takes the resized (h, w, 3) image in 0..255 of any
+    size (what X-AnyLabeling's SAM loader feeds) and gives the default export's embedding."""
+    import onnxruntime as ort
+
+    result = export_onnx(model("tiny_vit"), tmp_path / "hwc", encoder_preprocess=True)
+    assert result.metadata["encoder"]["input_layout"] == "hwc"
+    assert result.metadata["verification"]["end_to_end_agreement"] >= 0.999
+    session = ort.InferenceSession(str(result.encoder), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    assert inp.name == "input_image" and inp.shape == ["image_height", "image_width", 3]
+    default = OnnxSamPredictor(exported("tiny_vit").directory)
+    hwc = OnnxSamPredictor(result.directory)
+    for name in ("coffee_portrait", "rocket_tiny", "chelsea"):
+        a, b = default.embed([photos(name)])[0], hwc.embed([photos(name)])[0]
+        assert a.input_size == b.input_size
+        assert rel_diff(a.features.numpy(), b.features.numpy()) < 1e-5, name
+    with pytest.raises(InputError, match="SAM 1 / MobileSAM"):
+        export_onnx(model("sam2"), tmp_path / "x", encoder_preprocess=True)
