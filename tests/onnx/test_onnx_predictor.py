@@ -164,3 +164,14 @@ def test_weights_beside_the_graph(exported, photos, tmp_path):
     image = photos("rocket_tiny")
     a, b = big.embed([image])[0], ref.embed([image])[0]
     assert rel_diff(b.features.numpy(), a.features.numpy()) == 0.0
+
+
+def test_missing_onnxruntime(exported, monkeypatch):
+    import sys
+
+    from grounded_sam.errors import MissingDependency
+
+    folder = exported("tiny_vit").directory
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingDependency, match=r'pip install "grounded-sam\[onnx\]"'):
+        OnnxSamPredictor(folder)
