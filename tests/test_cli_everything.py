@@ -1,7 +1,8 @@
 """``grounded-sam everything``: outputs, exit codes, error lines and atomic per-image folders.
 
-Runs the CLI in-process with a MobileSAM-format checkpoint of perturbed random weights. Random
-weights keep nothing under SAM's default thresholds, so the runs switch the filters off.
+Runs the CLI in-process with a MobileSAM-format checkpoint of perturbed random weights (and,
+where masks are made, with a reduced SAM 2.1 in Meta's checkpoint format too). Random weights
+keep nothing under SAM's default thresholds, so the runs switch the filters off.
 """
 
 from __future__ import annotations
@@ -9,10 +10,18 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from grounded_sam.testing.pipeline import error_lines, sam_args, small_chelsea, write_png
+from grounded_sam.testing.pipeline import (
+    SAM_FAMILIES,
+    error_lines,
+    sam_args,
+    sam_family,
+    small_chelsea,
+    write_png,
+)
 from grounded_sam.testing.pipeline import run_cli as _run_cli
 
 KEEP_ALL = [
@@ -31,13 +40,16 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
     return _run_cli("everything", argv, capsys)
 
 
-def test_good_and_bad_images_in_one_batch(tmp_path, capsys):
+@pytest.mark.parametrize("family", SAM_FAMILIES)
+def test_good_and_bad_images_in_one_batch(tmp_path, capsys, family):
     image = small_chelsea()
     good = write_png(image, tmp_path / "in" / "cat.png")
     bad = tmp_path / "in" / "notes.jpg"
     bad.write_text("not an image")
     out = tmp_path / "out"
-    rc, stdout, err = run_cli([good, bad, *sam_args(), *KEEP_ALL, "--out", out], capsys)
+    with sam_family(family):
+        argv = [good, bad, *sam_args(family), *KEEP_ALL, "--out", out]
+        rc, stdout, err = run_cli(argv, capsys)
     assert rc == 2
     lines = error_lines(err)
     assert len(lines) == 1 and "notes.jpg" in lines[0]

@@ -1,7 +1,9 @@
 """``grounded-sam segment``: outputs, exit codes, error lines and atomic per-image folders.
 
 Runs the CLI in-process (``grounded_sam.cli.main``) with tiny random local models and a
-MobileSAM-format checkpoint; one test goes through ``python -m grounded_sam`` for real.
+MobileSAM-format checkpoint; the tests that run SAM also run with a reduced SAM 2.1 (Meta's
+checkpoint format, registered by name for the test). One test goes through
+``python -m grounded_sam`` for real.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from grounded_sam.detectors import base as det_base
 from grounded_sam.pipeline import GroundedSAM, Result
 from grounded_sam.testing.pipeline import (
     PHRASES,
+    SAM_FAMILIES,
     TEXT,
     error_lines,
     gdino_dir,
     gdino_threshold,
     sam_args,
+    sam_family,
     small_chelsea,
     write_png,
 )
@@ -41,6 +45,13 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
 def entries(path: Path) -> list[str]:
     """Everything in ``path`` (hidden temp folders included), sorted; [] if it is absent."""
     return sorted(p.name for p in path.iterdir()) if path.exists() else []
+
+
+@pytest.fixture(params=SAM_FAMILIES)
+def family(request) -> str:
+    """Each SAM family in turn (``--sam`` by name; see ``sam_args``)."""
+    with sam_family(request.param):
+        yield request.param
 
 
 @pytest.fixture()
@@ -65,7 +76,7 @@ def check_output_folder(folder: Path, image_size: tuple[int, int]) -> dict:
     return doc
 
 
-def test_text_mixed_batch(tmp_path, good_png, capsys):
+def test_text_mixed_batch(tmp_path, good_png, capsys, family):
     """Good image done, every bad one reported in one line and leaving no folder, exit 2."""
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -92,7 +103,7 @@ def test_text_mixed_batch(tmp_path, good_png, capsys):
         thr,
         "--text-threshold",
         "0",
-        *sam_args(),
+        *sam_args(family),
         "--out",
         out,
     ]
@@ -131,10 +142,11 @@ def test_zero_detections_is_success(tmp_path, good_png, capsys):
     assert "0 instances" in stdout
 
 
-def test_points_and_duplicate_stems(tmp_path, good_png, capsys):
+def test_points_and_duplicate_stems(tmp_path, good_png, capsys, family):
     twin = write_png(small_chelsea(), tmp_path / "other" / "chelsea.png")
     out = tmp_path / "out"
-    argv = [good_png, twin, "--point", "100,70", "--point", "20,20,0", *sam_args(), "--out", out]
+    argv = [good_png, twin, "--point", "100,70", "--point", "20,20,0", *sam_args(family)]
+    argv += ["--out", out]
     rc, stdout, stderr = run_cli(argv, capsys)
     assert rc == 0, stderr
     assert entries(out) == ["chelsea", "chelsea_2"]
@@ -146,10 +158,10 @@ def test_points_and_duplicate_stems(tmp_path, good_png, capsys):
     assert len([line for line in stdout.splitlines() if " -> " in line]) == 2
 
 
-def test_boxes_are_clipped(tmp_path, good_png, capsys):
+def test_boxes_are_clipped(tmp_path, good_png, capsys, family):
     out = tmp_path / "out"
     argv = [good_png, "--box", "-20,10,80,90", "--box", "150,-20,400,60", "--multimask"]
-    rc, _, stderr = run_cli([*argv, *sam_args(), "--out", out], capsys)
+    rc, _, stderr = run_cli([*argv, *sam_args(family), "--out", out], capsys)
     assert rc == 0, stderr
     doc = check_output_folder(out / "chelsea", (H, W))
     assert [a["label"] for a in doc["annotations"]] == ["box", "box"]

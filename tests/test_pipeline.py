@@ -1,7 +1,9 @@
 """GroundedSAM, segment(), Result and the overlay drawing.
 
 Logic tests use a stub detector and the tiny-ViT SAM; end-to-end tests run both real
-detectors (tiny random local models) with a MobileSAM-format checkpoint.
+detectors (tiny random local models) with a MobileSAM-format checkpoint. Tests that run SAM do
+so for each family (``SAM_FAMILIES``): those models, and a reduced SAM 2.1 (random weights,
+Meta's checkpoint format, registered by name for the test).
 """
 
 from __future__ import annotations
@@ -18,21 +20,32 @@ from grounded_sam.errors import InputError
 from grounded_sam.pipeline import clear_pipelines, get_pipeline
 from grounded_sam.testing.pipeline import (
     PHRASES,
+    SAM_FAMILIES,
     TEXT,
     CallCounter,
     StubDetector,
+    encoder_counter,
     gdino_dir,
     gdino_threshold,
-    mobile_sam,
-    mobile_sam_checkpoint,
+    sam_by_name,
+    sam_family,
+    sam_model,
     small_astronaut,
     small_chelsea,
     tiny_sam,
+    tiny_sam_of,
     yolo_clip_kwargs,
 )
 from grounded_sam.visualize import draw_overlay, instance_colors
 
 H, W = 150, 226  # small_chelsea()
+
+
+@pytest.fixture(params=SAM_FAMILIES)
+def family(request) -> str:
+    """Each SAM family in turn, its test variant usable by name during the test."""
+    with sam_family(request.param):
+        yield request.param
 
 
 def _result(n: int = 2, h: int = 20, w: int = 30, with_image: bool = True) -> Result:
@@ -210,14 +223,15 @@ def test_draw_overlay_colours_masks_only():
 STUB_BOXES = [[20, 15, 120, 110], [-30, 60, 300, 149]]  # the second one is clipped
 
 
-@pytest.fixture(scope="module")
-def stub_run():
-    """One text run on the tiny SAM, with the encoder and decoder calls counted."""
+@pytest.fixture(scope="module", params=SAM_FAMILIES)
+def stub_run(request):
+    """One text run on the tiny SAM of each family, with the encoder and decoder calls
+    counted."""
     det = StubDetector(STUB_BOXES, [0.9, 0.4], ["a cat", "a dog"])
-    sam = tiny_sam()
+    sam = tiny_sam_of(request.param)
     gs = GroundedSAM(det, sam)
     dec_counter = CallCounter(sam.mask_decoder, batch_arg="sparse_prompt_embeddings")
-    with CallCounter(sam.image_encoder) as enc, dec_counter as dec:
+    with encoder_counter(sam) as enc, dec_counter as dec:
         result = gs.segment(small_chelsea(), TEXT)
     return gs, det, result, enc, dec
 
@@ -238,8 +252,8 @@ def test_text_prompt_one_encoder_and_one_decoder_call(stub_run):
 
 
 def test_batched_boxes_match_single_box_prediction(stub_run):
-    _, _, r, _, _ = stub_run
-    p = SamPredictor(tiny_sam())
+    gs, _, r, _, _ = stub_run
+    p = SamPredictor(gs.sam)
     p.set_image(small_chelsea())
     masks, iou, _ = p.predict(box=r.boxes[1], multimask_output=False)
     assert np.mean(masks[0] == r.masks[1]) > 0.999
@@ -252,12 +266,12 @@ def test_embedding_cache_reused_for_other_text(stub_run):
     saved = det.boxes, det.scores, det.labels
     det.boxes, det.scores, det.labels = np.array([[10, 10, 60, 60]], np.float32), [0.7], ["a dog"]
     try:
-        with CallCounter(sam.image_encoder) as enc:
+        with encoder_counter(sam) as enc:
             r = gs.segment(small_chelsea().copy(), "a dog")  # same content, another array
         assert enc.calls == 0 and gs.encoder_calls == 1
         assert r.timings["encoder"] == 0.0 and r.labels == ["a dog"]
         # points on the same image reuse it too; a background point is accepted
-        with CallCounter(sam.image_encoder) as enc:
+        with encoder_counter(sam) as enc:
             p = gs.segment(small_chelsea(), points=[[60, 60], [200, 20]], point_labels=[1, 0])
         assert enc.calls == 0
         assert p.labels == ["point"] and p.masks.shape == (1, H, W)
@@ -270,11 +284,11 @@ def test_embedding_cache_reused_for_other_text(stub_run):
         det.boxes, det.scores, det.labels = saved
 
 
-def test_embedding_cache_is_bounded_lru():
-    sam = tiny_sam()
+def test_embedding_cache_is_bounded_lru(family):
+    sam = tiny_sam_of(family)
     gs = GroundedSAM(StubDetector([], [], []), sam, cache_size=1)
     a, b = small_chelsea(), small_astronaut()
-    with CallCounter(sam.image_encoder) as enc:
+    with encoder_counter(sam) as enc:
         gs.set_image(a)
         gs.set_image(b)  # evicts a
         gs.set_image(b)  # hit
@@ -392,12 +406,12 @@ def test_constructor_errors():
         gs.segment(small_chelsea(), "a cat")
 
 
-def test_segment_batch_encodes_in_one_pass_and_matches_single():
-    sam = tiny_sam()
+def test_segment_batch_encodes_in_one_pass_and_matches_single(family):
+    sam = tiny_sam_of(family)
     det = StubDetector([[20, 20, 100, 120]], [0.8], ["a cat"])
     gs = GroundedSAM(det, sam)
     images = [small_chelsea(), small_astronaut()]
-    with CallCounter(sam.image_encoder) as enc:
+    with encoder_counter(sam) as enc:
         results = gs.segment_batch(images, ["a cat", "a cat. a dog"])
     assert enc.calls == 1 and enc.batch_sizes == [2] and gs.encoder_calls == 2
     assert [r.image_size for r in results] == [(H, W), (160, 160)]
@@ -409,7 +423,7 @@ def test_segment_batch_encodes_in_one_pass_and_matches_single():
     single = GroundedSAM(det, sam).segment(small_astronaut(), "a cat")
     assert np.mean(single.masks == results[1].masks) > 0.999
     np.testing.assert_allclose(single.mask_scores, results[1].mask_scores, atol=1e-3)
-    with CallCounter(sam.image_encoder) as enc:
+    with encoder_counter(sam) as enc:
         again = gs.segment_batch(images[1:], "a cat")  # one text for all; cached embedding
     assert enc.calls == 0 and len(again) == 1
     with pytest.raises(InputError, match="one per image"):
@@ -417,14 +431,13 @@ def test_segment_batch_encodes_in_one_pass_and_matches_single():
     assert gs.segment_batch([], "a cat") == []
 
 
-def test_module_level_segment_reuses_pipeline_by_configuration():
+def test_module_level_segment_reuses_pipeline_by_configuration(family):
     """segment() keeps the pipeline of a configuration given by value (names, paths,
     numbers); one holding an object is built fresh each call (never keyed by identity)."""
     clear_pipelines()
     kw = dict(
         detector="grounding-dino",
-        sam="mobile_sam",
-        sam_checkpoint=mobile_sam_checkpoint(),
+        **sam_by_name(family),
         device="cpu",
         model=gdino_dir(),
         box_threshold=gdino_threshold(2),
@@ -442,10 +455,10 @@ def test_module_level_segment_reuses_pipeline_by_configuration():
     clear_pipelines()
 
 
-def test_module_level_segment_takes_precision():
+def test_module_level_segment_takes_precision(family):
     clear_pipelines()
     det = StubDetector([[20, 20, 100, 120]], [0.8], ["a cat"])
-    kw = dict(detector=det, sam="mobile_sam", sam_checkpoint=mobile_sam_checkpoint())
+    kw = dict(detector=det, **sam_by_name(family))
     r = segment(small_chelsea(), "a cat", device="cpu", precision="int8", **kw)
     assert len(r) == 1 and r.masks.shape == (1, *small_chelsea().shape[:2])
     int8 = get_pipeline(device="cpu", precision="int8", **kw)
@@ -455,14 +468,13 @@ def test_module_level_segment_takes_precision():
 
 
 # ----------------------------------------------------------- end to end, real models
-def test_grounding_dino_end_to_end_with_mobile_sam_checkpoint():
+def test_grounding_dino_end_to_end_with_an_official_format_checkpoint(family):
     from pycocotools import mask as mask_utils
 
     thr = gdino_threshold(2)
     gs = GroundedSAM(
         "grounding-dino",
-        "mobile_sam",
-        sam_checkpoint=mobile_sam_checkpoint(),
+        **sam_by_name(family),
         device="cpu",
         model=gdino_dir(),
         box_threshold=thr,
@@ -482,17 +494,17 @@ def test_grounding_dino_end_to_end_with_mobile_sam_checkpoint():
         np.testing.assert_array_equal(decoded.astype(bool), m)
 
 
-def test_yolo_clip_end_to_end_refined_and_raw():
-    sam = mobile_sam()
+def test_yolo_clip_end_to_end_refined_and_raw(family):
+    sam = sam_model(family)
     gs = GroundedSAM("yolo-clip", sam, **yolo_clip_kwargs())
     assert gs.detector.device == sam.device
-    with CallCounter(sam.image_encoder) as enc:
+    with encoder_counter(sam) as enc:
         raw = gs.segment(small_chelsea(), TEXT, refine_with_sam=False)
     assert enc.calls == 0 and 1 <= len(raw) <= 2
     assert set(raw.labels) <= set(PHRASES)
     dets = gs.detector.detect(small_chelsea(), TEXT)
     np.testing.assert_array_equal(raw.masks, dets.masks)  # pure YOLO masks
-    with CallCounter(sam.image_encoder) as enc:
+    with encoder_counter(sam) as enc:
         refined = gs.segment(small_chelsea(), TEXT)
     assert enc.calls == 1
     assert refined.labels == raw.labels

@@ -118,9 +118,10 @@ def random_sam2(config: str | Sam2Config = TEST_CONFIG, *, seed: int = 0) -> Sam
     return perturb_(model, seed=seed).eval()
 
 
-def random_sam2_checkpoint(name: str, path: Path, *, seed: int = 0) -> Path:
+def random_sam2_checkpoint(name: str | Sam2Config, path: Path, *, seed: int = 0) -> Path:
     """A file in the format of Meta's ``<name>.pt`` (``{"model": state_dict}`` with the video
-    modules' keys too) holding :func:`random_sam2` weights; no ``sam2`` package needed."""
+    modules' keys too) holding :func:`random_sam2` weights of a variant name or a config
+    (e.g. :data:`TEST_CONFIG`); no ``sam2`` package needed."""
     state = dict(random_sam2(name, seed=seed).state_dict())
     g = torch.Generator().manual_seed(seed + 1)
     for key, shape in MEMORY_KEYS.items():

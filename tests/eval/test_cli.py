@@ -13,6 +13,7 @@ from grounded_sam.cli import main
 from grounded_sam.errors import InputError
 from grounded_sam.eval import compare_runs, load_config
 from grounded_sam.testing.eval_data import EmptyDetector, PerfectPredictor
+from grounded_sam.testing.pipeline import SAM_FAMILIES, sam_by_name, sam_family
 
 # pycocotools' Cython RLE objects trip a numpy 2 DeprecationWarning on every decode
 pytestmark = pytest.mark.filterwarnings(
@@ -196,16 +197,18 @@ def test_shipped_configs_parse(name):
 
 
 @pytest.mark.slow
-def test_eval_cli_end_to_end_with_mobile_sam_checkpoint(coco, tmp_path):
-    """No injection: the CLI builds MobileSAM from an official-format checkpoint file."""
-    from grounded_sam.testing.sam_refs import meta_mobile_sam, save_checkpoint
-
-    ckpt = save_checkpoint(meta_mobile_sam(), tmp_path / "mobile_sam.pt")
+@pytest.mark.parametrize("family", SAM_FAMILIES)
+def test_eval_cli_end_to_end_with_an_official_format_checkpoint(coco, tmp_path, family):
+    """No injection: the CLI builds MobileSAM, or a reduced SAM 2.1 registered by name, from
+    an official-format checkpoint file."""
     out = tmp_path / "run"
-    argv = ["eval", "--annotations", str(coco["annotations"]), "--images", str(coco["images"]),
-            "--detector", "gt-boxes", "--sam", "mobile_sam", "--sam-checkpoint", str(ckpt),
-            "--device", "cpu", "--out", str(out)]  # fmt: skip
-    assert main(argv) == 0
+    with sam_family(family):
+        by_name = sam_by_name(family)
+        ckpt = by_name["sam_checkpoint"]
+        argv = ["eval", "--annotations", str(coco["annotations"]), "--images", str(coco["images"]),
+                "--detector", "gt-boxes", "--sam", by_name["sam"], "--sam-checkpoint", str(ckpt),
+                "--device", "cpu", "--out", str(out)]  # fmt: skip
+        assert main(argv) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["complete"] and m["n_images"] == 3 and m["n_detections"] == 5
     assert m["latency_ms"]["encoder"]["n"] == 3 and m["latency_ms"]["encoder"]["median"] > 0

@@ -18,6 +18,7 @@ from grounded_sam.testing.eval_data import (
     NoisyOracle,
     PerfectPredictor,
 )
+from grounded_sam.testing.pipeline import SAM_FAMILIES, tiny_sam_of
 
 # pycocotools' Cython RLE objects trip a numpy 2 DeprecationWarning on every decode
 pytestmark = pytest.mark.filterwarnings(
@@ -171,10 +172,12 @@ def test_restart_with_other_config_is_refused(coco, tmp_path):
 
 
 def test_real_tiny_sam_metrics_match_pycocotools(coco, tmp_path, tiny_sam):
-    """gt-boxes prompting a real (random-weight) SAM: metrics.json == pycocotools on predictions."""
+    """gt-boxes prompting a real (random-weight) SAM of each family: metrics.json ==
+    pycocotools on predictions."""
     ds = CocoDataset(coco["annotations"], coco["images"])
-    spec = RunSpec(detector="gt-boxes", sam="tiny_vit_test", score="mask")
-    pipe, oracle = build_pipeline(spec, sam=tiny_sam)
+    name, model = tiny_sam
+    spec = RunSpec(detector="gt-boxes", sam=name, score="mask")
+    pipe, oracle = build_pipeline(spec, sam=model)
     out = tmp_path / "run"
     m = evaluate(ds, pipe, out, spec=spec, oracle=oracle, show_progress=False)
     stats = _pycocotools_stats(coco["annotations"], out / "predictions.json")
@@ -189,11 +192,11 @@ def test_real_tiny_sam_metrics_match_pycocotools(coco, tmp_path, tiny_sam):
     assert 0.0 <= m["mIoU"] <= 1.0
 
 
-@pytest.fixture(scope="module")
-def tiny_sam():
-    from grounded_sam.testing.sam_refs import meta_tiny_vit_sam, ours_tiny_vit_sam
-
-    return ours_tiny_vit_sam(meta_tiny_vit_sam().state_dict())
+@pytest.fixture(scope="module", params=SAM_FAMILIES)
+def tiny_sam(request):
+    """(run name, model): the 2-block ViT SAM, or the reduced SAM 2.1."""
+    name = "sam2.1_hiera_test" if request.param == "sam2" else "tiny_vit_test"
+    return name, tiny_sam_of(request.param)
 
 
 def test_evaluate_without_spec_records_detector_name(coco, tmp_path):

@@ -1,14 +1,16 @@
 """SAM 2.1 through the package: registry and weights entries, ``build_sam`` options and
-checkpoint errors, precision modes, the pipeline, and automatic masks against Meta's
+checkpoint errors, precision modes, the CLI by built-in name, and automatic masks against Meta's
 ``SAM2AutomaticMaskGenerator`` on identical random weights."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
 
-from grounded_sam import AutomaticMaskGenerator, GroundedSAM, SamPredictor, build_sam, weights
+from grounded_sam import AutomaticMaskGenerator, SamPredictor, build_sam, weights
 from grounded_sam.automatic import FAMILY_DEFAULTS
 from grounded_sam.errors import InputError, WeightsError
 from grounded_sam.model import list_models
@@ -108,20 +110,8 @@ def test_precision_modes(precision, chelsea):
         assert not torch.equal(pr.get_embedding().features, emb.features)  # autocast ran
 
 
-# --------------------------------------------------------------------------- pipeline
-def test_pipeline_runs_with_a_tiny_sam2(chelsea):
-    from grounded_sam.testing.pipeline import StubDetector
-
-    det = StubDetector([[120, 30, 360, 290], [0, 0, 200, 150]], [0.9, 0.8], ["cat", "floor"])
-    pipe = GroundedSAM(detector=det, sam=random_sam2(seed=1), device="cpu")
-    result = pipe.segment(chelsea, "cat. floor.")
-    assert result.masks.shape == (2, 300, 451) and result.masks.dtype == bool
-    assert list(result.labels) == ["cat", "floor"]
-    # the same masks as the predictor gives for those boxes
-    p = SamPredictor(pipe.predictor.model)
-    p.set_image(chelsea)
-    masks, _ = p.predict_boxes(np.array([[120, 30, 360, 290], [0, 0, 200, 150]]))
-    assert np.array_equal(result.masks, masks[:, 0])
+# The pipeline, CLI and eval tests (tests/test_pipeline.py, tests/test_cli_*.py, tests/eval/)
+# run with a reduced SAM 2.1 as well as with SAM 1 / MobileSAM (grounded_sam.testing.pipeline).
 
 
 # --------------------------------------------------------------------------- automatic
@@ -205,8 +195,9 @@ def test_batched_embeddings_equal_single_ones(chelsea):
             assert rel_diff(a, b) < 1e-5
 
 
-def test_cli_segment_and_everything_with_sam2(tiny_file, tmp_path, capsys):
-    """The CLI takes a SAM 2.1 variant by name with Meta's checkpoint format."""
+def test_cli_takes_a_built_in_sam2_variant_by_name(tiny_file, tmp_path, capsys):
+    """The CLI takes a built-in SAM 2.1 variant by name with Meta's checkpoint format (the CLI
+    tests run every command with the reduced, test-registered variant)."""
     from grounded_sam.testing.pipeline import run_cli, small_chelsea, write_png
 
     png = write_png(small_chelsea(), tmp_path / "in" / "chelsea.png")
@@ -215,38 +206,32 @@ def test_cli_segment_and_everything_with_sam2(tiny_file, tmp_path, capsys):
         "segment", [png, "--box", "20,10,200,140", *sam, "--out", tmp_path / "seg"], capsys
     )
     assert rc == 0, err
-    assert (tmp_path / "seg" / "chelsea" / "result.json").is_file()
-    rc, out, err = run_cli(
-        "everything",
-        [png, "--points-per-side", "2", *sam, "--out", tmp_path / "all"],
-        capsys,
+    doc = json.loads((tmp_path / "seg" / "chelsea" / "result.json").read_text())
+    assert [a["label"] for a in doc["annotations"]] == ["box"]
+
+
+def test_test_variant_is_registered_only_inside_its_block(tiny_file):
+    """``sam2_test_variant`` (used by the pipeline / CLI / eval tests) registers the reduced
+    SAM 2.1 by name and leaves both registries as they were."""
+    from grounded_sam import hub
+    from grounded_sam.testing.pipeline import (
+        SAM2_TEST,
+        sam2_test_checkpoint,
+        sam2_test_variant,
+        tiny_sam2,
     )
-    assert rc == 0, err
-    assert (tmp_path / "all" / "chelsea" / "result.json").is_file()
 
-
-def test_eval_run_with_a_tiny_sam2(tmp_path):
-    """An evaluation run (ground-truth boxes prompting a random SAM 2.1) writes metrics that
-    pycocotools reproduces from its predictions."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    from grounded_sam.eval import CocoDataset, RunSpec, build_pipeline, evaluate
-    from grounded_sam.testing.eval_data import make_coco
-
-    coco = make_coco(tmp_path / "coco")
-    ds = CocoDataset(coco["annotations"], coco["images"])
-    spec = RunSpec(detector="gt-boxes", sam="sam2.1_hiera_test", score="mask")
-    pipe, oracle = build_pipeline(spec, sam=random_sam2(seed=6))
-    metrics = evaluate(ds, pipe, tmp_path / "run", spec=spec, oracle=oracle, show_progress=False)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(coco["annotations"]))
-        ev = COCOeval(gt, gt.loadRes(str(tmp_path / "run" / "predictions.json")), iouType="segm")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    assert metrics["n_detections"] == 5
-    assert metrics["mask_AP"] == (None if ev.stats[0] < 0 else pytest.approx(ev.stats[0]))
+    models, entries = list_models(), [e.name for e in hub.list()]
+    with sam2_test_variant() as name:
+        assert name == SAM2_TEST and SAM2_TEST in list_models()
+        with sam2_test_variant():  # nested: the outer block keeps it
+            pass
+        sam = build_sam(name, checkpoint=sam2_test_checkpoint(), device="cpu")
+        assert isinstance(sam, Sam2) and sam.name == SAM2_TEST
+        ours = tiny_sam2().state_dict()
+        assert all(torch.equal(v, ours[k]) for k, v in sam.state_dict().items())
+        with pytest.raises(WeightsError, match=r"looks like a 'sam2\.1_hiera_tiny'"):
+            build_sam(name, checkpoint=tiny_file, device="cpu")
+    assert list_models() == models and [e.name for e in hub.list()] == entries
+    with pytest.raises(InputError, match="unknown SAM variant"):
+        build_sam(SAM2_TEST, checkpoint=sam2_test_checkpoint(), device="cpu")
