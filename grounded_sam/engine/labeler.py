@@ -58,14 +58,16 @@ class CandidateOptions:
         points_per_side: the point grid of :class:`~grounded_sam.AutomaticMaskGenerator`
             (16 -> 256 points: a quarter of Meta's default work; enough for object-sized
             regions).
-        pred_iou_thresh, stability_score_thresh: the generator's filters (Meta's defaults).
+        pred_iou_thresh, stability_score_thresh: the generator's filters; ``None`` for
+            ``pred_iou_thresh`` is the model family's default (0.88 SAM 1, 0.8 SAM 2.1, as
+            Meta's two generators).
         max_covered: a candidate with more than this fraction of its area inside labelled
             instances is dropped (it is already labelled, or is a part of a labelled object).
         min_area: candidates smaller than this many pixels are dropped.
     """
 
     points_per_side: int = 16
-    pred_iou_thresh: float = 0.88
+    pred_iou_thresh: float | None = None
     stability_score_thresh: float = 0.95
     max_covered: float = 0.5
     min_area: int = 100
@@ -77,6 +79,8 @@ class CandidateOptions:
             )
         for name in ("pred_iou_thresh", "stability_score_thresh", "max_covered"):
             v = getattr(self, name)
+            if v is None and name == "pred_iou_thresh":
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise InputError(f"candidate {name} must be a number in [0, 1], got {v!r}")
         if not isinstance(self.min_area, int) or self.min_area < 0:
