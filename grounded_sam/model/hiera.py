@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grounded_sam.model._fused import _linear_fast, linear_add, linear_gelu
+from grounded_sam.model._fused import linear, linear_add, linear_gelu
 
 __all__ = ["FpnNeck", "Hiera", "HieraBlock", "HieraImageEncoder", "Mlp", "add_nearest_2x_"]
 
@@ -49,17 +49,6 @@ class Mlp(nn.Module):
         if isinstance(self.act, nn.GELU) and self.act.approximate == "none":
             return linear_add(self.layers[1], linear_gelu(self.layers[0], x), residual)
         return residual + self(x)
-
-
-def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` for an ``nn.Linear``; on the CPU fast path (see ``_fused``) through oneDNN,
-    which adds the bias inside the product (ATen's ``addmm`` first writes the broadcast bias
-    into the whole output: one more pass over a (tokens, 3C) tensor)."""
-    if _linear_fast(layer, x):
-        return torch.ops.mkldnn._linear_pointwise(
-            x, layer.weight, layer.bias, "none", [None], "none"
-        )
-    return layer(x)
 
 
 def _pool2x2(x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +99,7 @@ class HieraAttention(nn.Module):
         hd = c // nh
         ws = window_size
         if ws == 0:
-            qkv = _linear(self.qkv, x).view(b, h, w, 3, nh, hd)
+            qkv = linear(self.qkv, x).view(b, h, w, 3, nh, hd)
             if q_pool:
                 q = _pool2x2(qkv[..., 0, :, :].reshape(b, h, w, c))
                 hq, wq = q.shape[1:3]
@@ -131,7 +120,7 @@ class HieraAttention(nn.Module):
         n = b * nwh * nww
         # windows as rows: one copy of the (narrower) input rather than of q, k and v
         xw = x.view(b, nwh, ws, nww, ws, c_in).permute(0, 1, 3, 2, 4, 5).reshape(n, ws * ws, c_in)
-        qkv = _linear(self.qkv, xw).view(n, ws, ws, 3, nh, hd)
+        qkv = linear(self.qkv, xw).view(n, ws, ws, 3, nh, hd)
         if q_pool:
             wq = ws // 2
             q = _pool2x2(qkv[..., 0, :, :].reshape(n, ws, ws, c)).view(n, wq * wq, nh, hd)
@@ -162,7 +151,7 @@ class HieraAttention(nn.Module):
         n, length, _ = x.shape
         nh, c = self.num_heads, self.dim_out
         hd = c // nh
-        q, k, v = _linear(self.qkv, x).view(n, length, 3, nh, hd).unbind(2)  # (N, L, nH, hd) views
+        q, k, v = linear(self.qkv, x).view(n, length, 3, nh, hd).unbind(2)  # (N, L, nH, hd) views
         if q_pool:
             length //= 4
             qq = q.reshape(n, 4, length, c)
@@ -216,7 +205,7 @@ class HieraBlock(nn.Module):
         pool = self.q_stride is not None
         y = self.norm1(x)
         if self.dim != self.dim_out:
-            shortcut = _linear(self.proj, y)
+            shortcut = linear(self.proj, y)
             x = _pool2x2(shortcut) if pool else shortcut
         # The attention's windows are those of the input grid; with Q-pooling the output
         # windows are half as big (Meta's window_unpartition with window_size // 2).
@@ -224,14 +213,41 @@ class HieraBlock(nn.Module):
         del y
         return self._finish(a, x)
 
+    # Tokens per step of the CPU inference path of :meth:`forward_unrolled`. The unrolled
+    # blocks are stages 1-2 at 256x256 / 128x128 tokens, where a whole-grid step allocates
+    # 25-150 MB intermediates (the qkv of the first stage-2 block alone is 150 MB): buffers
+    # above glibc's 32 MB mmap threshold are page-faulted afresh on every call (about 1 us
+    # per 4 KiB page under this VM: a fresh 65536x288 product took 52 ms, 26 ms into an
+    # existing buffer), and none of them stays in cache. In steps of 2048 tokens every
+    # intermediate is at most ~9 MB. Measured on Hiera-T (1 thread, thread CPU time, best of
+    # 5 interleaved runs): blocks 0-3 214/290/139/202 ms whole, 167/218/129/174 ms in steps
+    # of 2048 tokens (4096: 166/233/126/173; 8192: 166/237/130/200).
+    _UNROLLED_STEP_TOKENS = 2048
+
     def forward_unrolled(self, x: torch.Tensor) -> torch.Tensor:
         """The block on windows laid out as rows: (N windows, L tokens, dim) -> (N, L', dim_out),
         each row one ``window_size`` window; with ``q_stride`` the pooling offsets are the four
-        leading quarters of a row (see :meth:`Hiera.features`), and L' = L / 4."""
+        leading quarters of a row (see :meth:`Hiera.features`), and L' = L / 4.
+
+        Every window is computed independently of the others, so the CPU inference path runs
+        the whole block on a few windows at a time (see ``_UNROLLED_STEP_TOKENS``)."""
+        n, length, _ = x.shape
+        step = max(1, self._UNROLLED_STEP_TOKENS // length)
+        if torch.is_grad_enabled() or x.device.type != "cpu" or step >= n:
+            return self._unrolled(x)
+        out = None
+        for i in range(0, n, step):
+            part = self._unrolled(x[i : i + step])
+            if out is None:  # the first step fixes the dtype (lower under autocast)
+                out = part.new_empty(n, *part.shape[1:])
+            out[i : i + step] = part
+        return out
+
+    def _unrolled(self, x: torch.Tensor) -> torch.Tensor:
         pool = self.q_stride is not None
         y = self.norm1(x)
         if self.dim != self.dim_out:
-            shortcut = _linear(self.proj, y)
+            shortcut = linear(self.proj, y)
             if pool:
                 n, length, c = shortcut.shape
                 sc = shortcut.view(n, 4, length // 4, c)

@@ -187,8 +187,13 @@ def test_trunk_and_neck_match_meta_in_float64():
     assert rel_diff(ref_emb, emb) < 1e-6
 
 
-def test_unrolled_trunk_equals_spatial_trunk():
-    """The unrolled fast path computes what the block-by-block spatial path does."""
+@pytest.mark.parametrize("step_tokens", [2048, 64 * 7, 1 << 30], ids=["default", "odd", "whole"])
+def test_unrolled_trunk_equals_spatial_trunk(step_tokens, monkeypatch):
+    """The unrolled fast path computes what the block-by-block spatial path does, whatever
+    number of windows it runs per step (a partial last step included)."""
+    from grounded_sam.model.hiera import HieraBlock
+
+    monkeypatch.setattr(HieraBlock, "_UNROLLED_STEP_TOKENS", step_tokens)
     model = build_sam2_model(TEST_CONFIG).eval()
     trunk = model.image_encoder.trunk
     assert trunk._unrolled_plan((256, 256)) == (4, 2)
