@@ -96,7 +96,11 @@ class OnnxSam:
         self.precision = "int8" if meta.get("quantized") else "fp32"
         self.num_masks = int(meta["decoder"]["masks"])
         self.device = torch.device("cpu")
-        self.encoder = session(encoder, providers, threads)
+        # The encoder's activations are large (vit_b: 3.9 GB peak, the global attention
+        # blocks' (12, 4096, 4096) matrices) and needed once per image: without the memory
+        # arena they are returned after each run instead of staying reserved (the allocation
+        # costs milliseconds of a seconds-long run). The decoder runs often and small.
+        self.encoder = session(encoder, providers, threads, memory_arena=False)
         self.decoder = session(decoder, providers, threads)
         self._enc_out = list(meta["encoder"]["outputs"])
         self._dec_in = list(meta["decoder"]["inputs"])
