@@ -2,51 +2,54 @@
 
     hf = AutoModelForZeroShotObjectDetection.from_pretrained(...).eval()
     fast = fast_model(hf)                                  # shares hf's weights (fp32)
-    text = fast.encode_text(**tokens)                      # once per prompt
-    out = fast(pixel_values, pixel_mask=mask, text_features=text)   # per image or batch
+    text = fast.encode_text(input_ids, attention_mask, token_type_ids)   # once per prompt
+    out = fast(pixel_values, pixel_mask=mask, text_features=text)        # an image or a batch
+    out = fast(**processor_inputs)                         # or exactly like hf(**inputs)
     processor.post_process_grounded_object_detection(out, input_ids, ...)
 
-``out.logits`` ``(B, queries, max_text_len)`` and ``out.pred_boxes`` ``(B, queries, 4)`` (cx, cy, w,
-h, normalised to the padded input) are what transformers' model returns, to float rounding.
-``transformers`` stays the loader, tokenizer, processor, and runs the Swin backbone and the BERT
-text encoder; this module re-implements the transformer encoder and decoder, where 11 of 14 s
-go on 2 CPU cores (Grounding-DINO-tiny, 800x1202 input). Measurements behind each choice are in
-``docs/grounding-dino-speed.md``; in short, on 2 Sapphire Rapids cores:
+``out.logits`` ``(B, queries, max_text_len)`` and ``out.pred_boxes`` ``(B, queries, 4)`` (cx, cy,
+w, h in [0, 1] of the padded input) are what transformers' model returns, to float rounding
+(about 1e-5 on logits, 1e-6 on boxes). ``transformers`` stays the loader, tokenizer, processor
+and BERT text encoder; this module runs the rest on the same parameters. Measurements behind
+each choice are in ``docs/grounding-dino-speed.md`` (CPU seconds on one Sapphire Rapids core,
+Grounding-DINO-tiny shapes, 800x1202 input: transformers 14.5, this module 5.4):
 
 - **Image-text fusion, reformulated exactly.** transformers projects all ~20k image tokens to
-  1024-d queries and values, and back (three 20k x 256 x 1024 products per layer, 31 GFLOP).
-  The attention scores are ``v Wq_h^T k_h^T``: with ``k`` known (a few text tokens), ``Wq_h^T
-  k_h^T`` is a 256 x T matrix, so the scores cost one 20k x 256 x (heads*T) product. The same
-  holds for the image-side output (``P_h (t Wv_h^T) Wo_h^T``) and the text side (``softmax(...)
-  (v Wv_h^T + b) = (softmax(...) v) Wv_h^T + b``, rows summing to 1). Never more work than the
-  original (equal at T = 256), 30x less for a short prompt.
+  1024-d queries and values, and back (three 20k x 256 x 1024 products per layer). The scores
+  are ``v Wq_h^T k_h^T``: with the few text keys ``k`` known, ``Wq_h^T k_h^T`` is a 256 x T
+  matrix, so the scores cost one 20k x 256 x (heads*T) product. The same holds for the image
+  side's output (``P_h (t Wv_h^T) Wo_h^T``) and the text side (``softmax(.) (v Wv_h^T + b) =
+  (softmax(.) v) Wv_h^T + b``, rows summing to 1). Never more work than the original (equal
+  at T = 256): 0.52 -> 0.04 s per layer at 8 tokens, 1.26 -> 0.59 s at 256.
 - **Deformable sampling as one weighted gather.** transformers runs ``grid_sample`` per level
-  on a (batch*heads, 32, H, W) copy of the values, whose 32 channels are H*W floats apart.
-  Here values stay token-major (32 contiguous floats per head), every level is padded by one
-  zero pixel so out-of-image corners need no masks (the clamped index lands on a zero), and
-  ``F.embedding_bag(..., per_sample_weights=...)`` gathers and sums the 4 corners x points x
-  levels of each (query, head) in one pass (38 ms per encoder layer vs ~180 ms for
-  ``grid_sample`` plus the layout copies).
-- **Token chunks.** After the value projection, each encoder layer runs in chunks of 1024
-  tokens: offsets, sampling, output projection + residual, LayerNorm, the 2048-wide FFN and its
-  residual, so the 8 MiB FFN activation stays in the 4 MiB-per-core L2 instead of a 160 MiB
-  tensor (FFN 0.15 -> 0.11 s per layer). ReLU/GELU and the residual adds are fused into the
-  matrix products on CPU (oneDNN post-ops, ``grounded_sam.model._fused``).
-- **Two-stage proposals:** the 3-layer box MLP runs on the ``num_queries`` selected tokens, not
-  on all 20k (per-row MLP, exact).
+  on a (batch*heads, 32, H, W) copy of the values, whose 32 channels lie H*W floats apart.
+  Here values stay token-major (32 contiguous floats per head), each level gets a one-pixel
+  zero border so out-of-image corners need no masks (their clamped index lands on a zero),
+  and ``F.embedding_bag(..., per_sample_weights=...)`` gathers and sums the 4 corners x points
+  x levels of each (query, head) in one pass.
+- **FFN in token chunks** of :data:`_CHUNK` so the 2048-wide activation stays in cache; ReLU /
+  GELU and the residual adds fused into the matrix products (oneDNN post-ops through
+  ``grounded_sam.model._fused``, or ``addmm_`` accumulating into the residual). With the
+  sampling: 1.35 -> 0.49 s per encoder deformable layer.
+- **Swin backbone**: our forward of transformers' ``SwinBackbone`` modules (4.x and 5.x
+  layouts): one gather into (shifted, padded) window order and one back instead of six
+  pad / roll / partition copies, q/k/v as one product, chunked MLP: 2.26 -> 1.74 s.
+- **Two-stage proposals:** the 3-layer box MLP runs on the ``num_queries`` selected tokens,
+  not on all 20k (a per-row MLP: exact).
 - **Text once per prompt:** :meth:`FastGroundingDino.encode_text` returns the BERT features and
-  masks, reused across images (``text_features=``).
+  masks, reusable for any number of images (``text_features=``).
 
 Precision modes (``precision=``, as the SAM core has): ``"fp32"`` (default, exact to float
 rounding), ``"int8"`` (CPU: dynamic int8 for the Swin, encoder and decoder linear layers, on a
-copy of the model), ``"bf16"`` / ``"fp16"`` (``torch.autocast``; for GPUs, and bf16 on CPUs with
-AMX). Their measured effect on boxes is in ``docs/grounding-dino-speed.md``.
+copy of the model), ``"bf16"`` / ``"fp16"`` (``torch.autocast``; for GPUs, and bf16 on CPUs
+with AMX). Their measured effect on boxes is in ``docs/grounding-dino-speed.md``.
 
 Configurations this code does not implement (checked field by field in
 :func:`unsupported_features`) raise :class:`UnsupportedGroundingDinoError` from
 :meth:`FastGroundingDino.from_hf`; :func:`fast_model` then falls back to running the
 transformers model itself behind the same interface (``fallback=True``, default) or re-raises.
-Inference only: dropout and drop-path are ignored (as in ``eval()``), and no gradients flow.
+A backbone other than transformers' Swin runs through transformers' own code. Inference only:
+dropout and drop-path are ignored (as in ``eval()``), and no gradients flow.
 """
 
 from __future__ import annotations
@@ -83,11 +86,17 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _ACTIVATIONS = ("relu", "gelu")
-# Tokens per chunk in the encoder's deformable + FFN pass: 1024 x 2048 floats (8 MiB) of FFN
-# activation. Measured on 2 cores, FFN of 20k tokens: 128 -> 0.144 s, 1024 -> 0.123 s (0.109 s
-# with the fused oneDNN ops), 4096 -> 0.147 s, unchunked 0.151 s.
+# Tokens per FFN chunk: 2048 x 2048 floats (16 MiB) of activation. Measured on 2 cores, FFN of
+# 20k tokens: chunks of 128 -> 0.144 s, 1024 -> 0.123 s (0.109 s with the fused oneDNN ops),
+# 4096 -> 0.147 s, unchunked 0.151 s; on one core 1024 and 2048 tie (0.49 s per layer with
+# the sampling), and 2048 halves the number of parallel regions, whose thread hand-offs cost
+# milliseconds each when other processes share the two cores.
 _CHUNK = 2048
+# Tokens per deformable-sampling pass. Chunks of 4096 and whole layers (20k tokens) tie on one
+# core (0.49 s per layer); one pass per layer has 5x fewer parallel regions (see above).
 _SAMPLE_CHUNK = 1 << 30
+# Tokens per Swin attention pass (whole windows) and MLP chunk.
+_SWIN_CHUNK = 8192
 
 
 class UnsupportedGroundingDinoError(InputError):
@@ -292,31 +301,55 @@ def _sine_embedding(coords: Tensor, dim: int, temperature: float = 10000.0) -> T
 
 # --------------------------------------------------------------------------- fused helpers
 @functools.cache
-def _relu_fusion_available() -> bool:
-    """``_fused`` has linear+GELU; this checks oneDNN's linear+ReLU once, the same way."""
+def _pointwise_available() -> bool:
+    """``_fused`` checks oneDNN's linear + GELU / + add once per process; this checks the same
+    operator's plain and ReLU variants once, the same way (any failure: the plain ops)."""
     if not _fused.fusion_available():
         return False
     try:
         gen = torch.Generator().manual_seed(0)
         x, w, b = (torch.randn(*s, generator=gen) for s in ((3, 8), (6, 8), (6,)))
         with torch.no_grad():
-            y = torch.ops.mkldnn._linear_pointwise(x, w, b, "relu", [None], "none")
-            return bool(torch.allclose(y, F.relu(F.linear(x, w, b)), rtol=1e-4, atol=1e-5))
+            ref = F.linear(x, w, b)
+            plain = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [None], "none")
+            relu = torch.ops.mkldnn._linear_pointwise(x, w, b, "relu", [None], "none")
+            return bool(
+                torch.allclose(plain, ref, rtol=1e-4, atol=1e-5)
+                and torch.allclose(relu, F.relu(ref), rtol=1e-4, atol=1e-5)
+            )
     except Exception as exc:  # private operator: any failure means "use the plain ops"
-        _LOG.debug("fused linear+relu unavailable (%s); using unfused ops", exc)
+        _LOG.debug("oneDNN linear (plain / relu) unavailable (%s); using unfused ops", exc)
         return False
+
+
+def _onednn(linear: nn.Module, x: Tensor, fused: bool) -> bool:
+    return (
+        fused
+        and type(linear) is nn.Linear
+        and _fused._fast(x, linear.weight)
+        and _pointwise_available()
+    )
+
+
+def _linear(linear: nn.Module, x: Tensor, fused: bool) -> Tensor:
+    """``linear(x)``, through oneDNN when ``fused`` allows it (fp32 CPU, autograd off).
+
+    Same result as MKL's ``addmm`` (equal speed on a quiet machine: 0.086 s for 20k x 256 x
+    2048 on 2 cores), but it degrades far less when other processes share the cores: an FFN
+    layer took 3.4 s through ``addmm`` and 1.8 s through oneDNN at load average 14.
+    """
+    if _onednn(linear, x, fused):
+        return torch.ops.mkldnn._linear_pointwise(
+            x, linear.weight, linear.bias, "none", [None], "none"
+        )
+    return linear(x)
 
 
 def _linear_act(linear: nn.Module, x: Tensor, activation: str, fused: bool) -> Tensor:
     """``act(linear(x))`` for act in relu/gelu; oneDNN post-op when ``fused`` allows it."""
     if activation == "gelu":
         return _fused.linear_gelu(linear, x) if fused else gelu_(linear(x))
-    if (
-        fused
-        and type(linear) is nn.Linear
-        and _fused._fast(x, linear.weight)
-        and _relu_fusion_available()
-    ):
+    if _onednn(linear, x, fused):
         return torch.ops.mkldnn._linear_pointwise(
             x, linear.weight, linear.bias, "relu", [None], "none"
         )
@@ -347,26 +380,22 @@ def _ffn(
     activation: str,
     fused: bool,
     norm: nn.LayerNorm | None = None,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """``x + fc2(act(fc1(norm(x))))`` (``norm`` optional) for ``x`` ``(n, D)``, in chunks of
-    :data:`_CHUNK` tokens so the ``(chunk, ffn_dim)`` activation stays in cache."""
+    ``chunk_size`` (default :data:`_CHUNK`) tokens so the ``(chunk, ffn_dim)`` activation
+    stays in cache; activation and residual fused into the two products on CPU."""
     n = x.shape[0]
-    plain = fused and type(fc2) is nn.Linear and fc2.weight.dtype == x.dtype
-    # Plain fp32: start from x + bias and let fc2 accumulate into it in place (addmm_, no
-    # per-chunk output copy); otherwise fc2 + residual per chunk, copied into place.
-    out = x + fc2.bias if plain and fc2.bias is not None else x.clone() if plain else None
-    if out is None:
-        out = torch.empty_like(x)
-    for s in range(0, n, _CHUNK):
-        chunk = x[s : s + _CHUNK]
-        hidden = _linear_act(
-            fc1, chunk if norm is None else _layer_norm(norm, chunk), activation, fused
-        )
-        if plain:
-            out[s : s + _CHUNK].addmm_(hidden, fc2.weight.t())
-        else:
-            out[s : s + _CHUNK] = _add_linear(fc2, hidden, chunk, fused)
-    return out
+    size = chunk_size or _CHUNK
+    if n <= size:
+        hidden = _linear_act(fc1, x if norm is None else _layer_norm(norm, x), activation, fused)
+        return _add_linear(fc2, hidden, x, fused)
+    parts = []
+    for s in range(0, n, size):
+        chunk = x[s : s + size]
+        inner = chunk if norm is None else _layer_norm(norm, chunk)
+        parts.append(_add_linear(fc2, _linear_act(fc1, inner, activation, fused), chunk, fused))
+    return torch.cat(parts)
 
 
 # --------------------------------------------------------------------------- Swin backbone
@@ -456,19 +485,20 @@ class _SwinBlock(nn.Module):
         bias = self.table[self.index].view(n, n, -1).permute(2, 0, 1)[None]  # (1, h, N, N)
         mask = bias + geo.mask[:, None] if geo.mask is not None else None
         ctx = torch.empty_like(windows)
-        per = max(1, _CHUNK // n)  # windows per chunk: q/k/v of ~2k tokens stay in cache
+        per = max(1, _SWIN_CHUNK // n)  # windows per pass
         src = windows.view(b, geo.windows, n, c)
-        dst = ctx.view(b, geo.windows, n, c)
+        dst = ctx.view(b, geo.windows, n, self.heads, c // self.heads)
         for i in range(b):
             for s in range(0, geo.windows, per):
                 e = min(geo.windows, s + per)
-                qkv = self.qkv(src[i, s:e]).view(e - s, n, 3, self.heads, -1)
+                qkv = _linear(self.qkv, src[i, s:e], fused).view(e - s, n, 3, self.heads, -1)
                 q, k, v = qkv.permute(2, 0, 3, 1, 4)
                 m = bias if mask is None else mask[s:e]
                 out = F.scaled_dot_product_attention(q, k, v, m.to(q.dtype))
-                dst[i, s:e] = out.transpose(1, 2).reshape(e - s, n, c)
+                dst[i, s:e].copy_(out.transpose(1, 2))
         x = _add_linear(self.o_proj, ctx.index_select(1, geo.inv), x, fused)
-        return _ffn(self.fc1, self.fc2, x.view(-1, c), "gelu", fused, self.norm2).view(b, -1, c)
+        mlp = _ffn(self.fc1, self.fc2, x.view(-1, c), "gelu", fused, self.norm2, _SWIN_CHUNK)
+        return mlp.view(b, -1, c)
 
 
 def _swin_supported(backbone: nn.Module) -> bool:
@@ -720,10 +750,12 @@ class _DeformableAttention(nn.Module):
             self.offsets_logits.bias.copy_(bias)
         self.offsets_logits.requires_grad_(False)
 
-    def value_table(self, x: Tensor, valid: Tensor | None, levels: _Levels, out: Tensor) -> Tensor:
+    def value_table(
+        self, x: Tensor, valid: Tensor | None, levels: _Levels, out: Tensor, fused: bool
+    ) -> Tensor:
         """Project ``x`` ``(S, D)`` (one image) to values, written into ``out``
         ``(padded_len, D)`` (its zero border kept); returns ``out`` as ``(rows, head_dim)``."""
-        levels.fill(out, self.value_proj(x), valid)
+        levels.fill(out, _linear(self.value_proj, x, fused), valid)
         return out.view(-1, out.shape[-1] // self.heads)
 
     def sample(
@@ -733,11 +765,12 @@ class _DeformableAttention(nn.Module):
         base: tuple[Tensor, Tensor],
         scale: tuple[Tensor, Tensor] | None,
         levels: _Levels,
+        fused: bool,
     ) -> Tensor:
         """Sampled values ``(n, D)`` (before ``output_proj``) for ``query`` ``(n, D)``."""
         n = query.shape[0]
         h, lp = self.heads, self.levels * self.points
-        proj = self.offsets_logits(query)  # (n, 3 * H*L*P)
+        proj = _linear(self.offsets_logits, query, fused)  # (n, 3 * H*L*P)
         offsets = proj[:, : 2 * h * lp].view(n, 2, h * lp)
         weights = proj[:, 2 * h * lp :].float().view(n, h, lp).softmax(-1)
         consts = levels.constants(h, self.points)
@@ -863,13 +896,13 @@ class _EncoderLayer(nn.Module):
         out = None if b == 1 and n <= _SAMPLE_CHUNK else torch.empty_like(vision)
         for i in range(b):
             values = self.attn.value_table(
-                vision[i], None if valid is None else valid[i], levels, table[i]
+                vision[i], None if valid is None else valid[i], levels, table[i], fused
             )
             for s in range(0, n, _SAMPLE_CHUNK):
                 e = min(n, s + _SAMPLE_CHUNK)
                 x = vision[i, s:e]
                 origin = (base[0][i, s:e], base[1][i, s:e])
-                sampled = self.attn.sample(x + pos[i, s:e], values, origin, None, levels)
+                sampled = self.attn.sample(x + pos[i, s:e], values, origin, None, levels, fused)
                 x = _layer_norm(self.norm1, _add_linear(self.attn.output_proj, sampled, x, fused))
                 y = _ffn(self.fc1, self.fc2, x, self.activation, fused)
                 result = _layer_norm(self.norm2, y)
@@ -934,10 +967,10 @@ class _DecoderLayer(nn.Module):
         out = torch.empty_like(h)
         for i in range(h.shape[0]):
             values = self.attn.value_table(
-                memory[i], None if valid is None else valid[i], levels, table[i]
+                memory[i], None if valid is None else valid[i], levels, table[i], fused
             )
             origin, factor = (base[0][i], base[1][i]), (scale[0][i], scale[1][i])
-            sampled = self.attn.sample(h[i] + pos[i], values, origin, factor, levels)
+            sampled = self.attn.sample(h[i] + pos[i], values, origin, factor, levels, fused)
             x = _layer_norm(self.norm3, _add_linear(self.attn.output_proj, sampled, h[i], fused))
             out[i] = _layer_norm(self.norm4, _ffn(self.fc1, self.fc2, x, self.activation, fused))
         return out
