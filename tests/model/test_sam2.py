@@ -283,15 +283,27 @@ def test_decode_broadcasts_one_embedding_and_handles_empty_prompts():
         model.decode(emb, high, torch.zeros(1, 1, 2), None, None, None, True)
 
 
-def test_prepare_image_is_a_square_resize_with_imagenet_normalisation(chelsea):
-    model = build_sam2_model(TEST_CONFIG)
-    x, input_size = model.prepare_image(chelsea)
-    assert x.shape == (1, 3, 1024, 1024) and x.dtype == torch.float32 and input_size == (1024, 1024)
+@pytest.mark.parametrize("size", [(300, 451), (1100, 1500), (1024, 700), (500, 1024), (1024, 1024)])
+def test_prepare_image_is_a_square_resize_with_imagenet_normalisation(size, chelsea, monkeypatch):
+    """Meta's SAM2Transforms up to float rounding (the 1/255 comes after the resize here),
+    for up- and downscaling, either side already 1024, and a partial last row step."""
+    from PIL import Image
     from sam2.utils.transforms import SAM2Transforms
 
-    ref = SAM2Transforms(resolution=1024, mask_threshold=0.0)(chelsea)[None]
-    assert torch.equal(x, ref)
-    coords = model.transform_coords(torch.tensor([[451.0, 300.0]]), (300, 451), input_size)
+    monkeypatch.setattr(Sam2, "_RESIZE_STEP_ROWS", 96)
+    image = chelsea
+    if size != chelsea.shape[:2]:
+        image = np.asarray(Image.fromarray(chelsea).resize(size[::-1], Image.BICUBIC))
+    model = build_sam2_model(TEST_CONFIG)
+    x, input_size = model.prepare_image(image)
+    assert x.shape == (1, 3, 1024, 1024) and x.dtype == torch.float32 and input_size == (1024, 1024)
+    assert x.is_contiguous()
+    ref = SAM2Transforms(resolution=1024, mask_threshold=0.0)(image)[None]
+    assert rel_diff(ref, x) < 1e-6
+    with torch.enable_grad():  # the plain (whole-image) path
+        assert rel_diff(ref, model.prepare_image(image)[0]) < 1e-6
+    h, w = size
+    coords = model.transform_coords(torch.tensor([[w, h]]), (h, w), input_size)
     assert torch.allclose(coords, torch.tensor([[1024.0, 1024.0]]))
     with pytest.raises(InputError):
         model.prepare_image(chelsea.astype(np.float32))
