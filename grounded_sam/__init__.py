@@ -4,6 +4,8 @@ Public API (see README)::
 
     from grounded_sam import segment, GroundedSAM, Result, build_sam, list_models
     from grounded_sam import SamPredictor, AutomaticMaskGenerator, load_image, weights
+    from grounded_sam import label, merge, Labeler          # the data engine
+    from grounded_sam import export_onnx, OnnxSamPredictor  # deployment
 
 Names are resolved lazily (PEP 562) so ``import grounded_sam`` stays cheap and has no
 side effects; each name lives in the module listed in ``_EXPORTS``.
@@ -33,6 +35,12 @@ _EXPORTS = {
     "WeightsError": "grounded_sam.errors",
     "MissingDependency": "grounded_sam.errors",
     "GroundedSAMError": "grounded_sam.errors",
+    # the data engine and deployment (heavy or optional dependencies load on first use)
+    "label": "grounded_sam.engine.run",
+    "merge": "grounded_sam.engine.run",
+    "Labeler": "grounded_sam.engine.labeler",
+    "export_onnx": "grounded_sam.onnx.export",
+    "OnnxSamPredictor": "grounded_sam.onnx.predictor",
 }
 
 __all__ = [
@@ -40,7 +48,9 @@ __all__ = [
     "GroundedSAMError",
     "GroundedSAM",
     "InputError",
+    "Labeler",
     "MissingDependency",
+    "OnnxSamPredictor",
     "WeightsError",
     "Result",
     "Sam",
@@ -50,6 +60,9 @@ __all__ = [
     "list_models",
     "load_image",
     "errors",
+    "export_onnx",
+    "label",
+    "merge",
     "segment",
     "weights",
 ]
@@ -61,9 +74,13 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 if TYPE_CHECKING:  # pragma: no cover
     from grounded_sam import errors, weights
     from grounded_sam.automatic import AutomaticMaskGenerator
+    from grounded_sam.engine.labeler import Labeler
+    from grounded_sam.engine.run import label, merge
     from grounded_sam.errors import GroundedSAMError, InputError, MissingDependency, WeightsError
     from grounded_sam.io import load_image
     from grounded_sam.model.build import build_sam, list_models
     from grounded_sam.model.sam import Sam
+    from grounded_sam.onnx.export import export_onnx
+    from grounded_sam.onnx.predictor import OnnxSamPredictor
     from grounded_sam.pipeline import GroundedSAM, Result, segment
     from grounded_sam.predictor import SamPredictor

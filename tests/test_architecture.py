@@ -54,6 +54,18 @@ def test_every_module_imports_alone(module):
     assert module in _modules_after(f"import {module}")
 
 
+def test_public_names_resolve_lazily():
+    """Every name in grounded_sam.__all__ resolves, and importing the package loads none of
+    the heavy libraries (torch, onnxruntime, ray, transformers) until a name is used."""
+    mods = _modules_after("import grounded_sam")
+    assert not any(m.split(".")[0] in {"torch", "onnxruntime", "ray", "transformers"} for m in mods)
+    import grounded_sam
+
+    for name in grounded_sam.__all__:
+        assert getattr(grounded_sam, name) is not None, name
+    assert set(grounded_sam.__all__) >= {"segment", "label", "merge", "export_onnx"}
+
+
 def test_error_hierarchy():
     assert issubclass(InputError, ValueError) and issubclass(InputError, GroundedSAMError)
     assert issubclass(WeightsError, ValueError) and issubclass(WeightsError, GroundedSAMError)
