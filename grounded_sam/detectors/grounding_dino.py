@@ -1,16 +1,26 @@
-"""Grounding DINO text-to-box detector (``transformers`` backend), LangSAM / Grounded-SAM style.
+"""Grounding DINO text-to-box detector, LangSAM / Grounded-SAM style.
 
-Boxes and scores are exactly those of ``GroundingDinoProcessor.post_process_grounded_object_detection``
-with the same thresholds (score = max sigmoid token logit of a query). Labels are not the
-decoded token span transformers returns (which can read ``"a cat. a dog. [SEP]"``): each box
-gets the asked-for phrase whose own tokens score highest for it.
+transformers loads the model, tokenises the prompt, preprocesses the image and post-processes
+the outputs (``GroundingDinoProcessor.post_process_grounded_object_detection``, same
+thresholds: score = max sigmoid token logit of a query). The forward pass runs
+:class:`grounded_sam.detectors.gdino_fast.FastGroundingDino` on the same weights (same outputs
+to float rounding, about half the time or less on CPU; ``docs/grounding-dino-speed.md``), or
+transformers' own model for configs the fast path does not implement (a one-line note says
+so). Each prompt's text features are computed once and reused for every image.
+
+Labels are not the decoded token span transformers returns (which can read
+``"a cat. a dog. [SEP]"``): each box gets the asked-for phrase whose own tokens score highest
+for it.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +33,20 @@ __all__ = ["GroundingDinoDetector", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "IDEA-Research/grounding-dino-tiny"
 _INSTALL_HINT = "pip install 'transformers>=4.51,<6'"
+_LOG = logging.getLogger(__name__)
+# Prompts whose text features are kept per detector (a few KB to a few MB each); a labelling
+# run with many captions cycles through them in order, so keep a generous number.
+_TEXT_CACHE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class _EncodedPrompt:
+    """One chunk of phrases, tokenised and encoded once (see ``_encoded``)."""
+
+    phrases: tuple[str, ...]
+    input_ids: Any  # (1, T) int64 tensor on the detector's device
+    owners: list[list[int]]  # per phrase, the indices of its tokens
+    text: Any  # TextFeatures
 
 
 def _import_transformers() -> Any:
@@ -69,9 +93,22 @@ class GroundingDinoDetector(BaseDetector):
         nms_threshold: ``None`` (default) keeps the post-processed boxes as they are; a value in
             ``[0, 1]`` runs class-aware NMS (per label) at that IoU.
         device: ``None`` -> ``cuda`` if available else ``cpu``.
+        precision: ``"fp32"`` (default: transformers' outputs to float rounding) or an opt-in
+            faster, less exact mode: ``"int8"`` (dynamic int8 linear layers, CPU only),
+            ``"bf16"`` / ``"fp16"`` (autocast; for GPUs). Their measured effect on boxes is in
+            ``docs/grounding-dino-speed.md``; check it on your data before relying on one.
+
+    Attributes:
+        model: transformers' ``GroundingDinoForObjectDetection`` (fp32, the loaded weights).
+        runner: what runs the forward pass: ``FastGroundingDino`` or, for configs it does not
+            implement, ``HFGroundingDinoRunner`` (transformers' model behind the same calls).
+        fast: whether ``runner`` is the fast implementation.
+        max_batch: most same-size images per forward pass in :meth:`detect_batch` (1 on CPU,
+            where a batch is no faster; 4 on GPUs).
 
     Raises:
-        InputError: bad thresholds or a missing local directory.
+        InputError: bad thresholds, an unknown precision (or int8 on a GPU), or a missing
+            local directory.
         WeightsError: a hub model that is neither cached nor downloadable (offline: at once).
     """
 
@@ -95,6 +132,14 @@ class GroundingDinoDetector(BaseDetector):
             unit=True,
             metavar="F",
         ),
+        Option(
+            "precision",
+            str,
+            "fp32",
+            "fp32 (default, exact) or an opt-in faster mode: int8 (CPU), bf16/fp16 (GPU)",
+            flag="--detector-precision",
+            metavar="P",
+        ),
     )
     returns_masks = False
     accepts_device = True
@@ -107,17 +152,14 @@ class GroundingDinoDetector(BaseDetector):
         text_threshold: float = 0.25,
         nms_threshold: float | None = None,
         device: Any = None,
+        precision: str = "fp32",
     ) -> None:
-        self.box_threshold = _check_threshold("box_threshold", box_threshold)
-        self.text_threshold = _check_threshold("text_threshold", text_threshold)
-        self.nms_threshold = _check_threshold("nms_threshold", nms_threshold, allow_none=True)
+        self._check_options(box_threshold, text_threshold, nms_threshold, device, precision)
         if not isinstance(model, (str, os.PathLike)):
             raise TypeError(
                 f"model must be a hub id or a local directory path, got {type(model).__name__}"
             )
-        self.device = resolve_device(device)
         transformers = _import_transformers()
-        import torch  # noqa: F401  (transformers' torch backend)
 
         source = self._resolve_source(model)
         folder = source if isinstance(source, Path) else self._fetch(source)
@@ -131,13 +173,70 @@ class GroundingDinoDetector(BaseDetector):
                 "Expected the output of model.save_pretrained(dir) and "
                 "processor.save_pretrained(dir)"
             ) from e
+        self._setup(str(source))
+
+    @classmethod
+    def from_transformers(
+        cls,
+        model: Any,
+        processor: Any,
+        *,
+        box_threshold: float = 0.3,
+        text_threshold: float = 0.25,
+        nms_threshold: float | None = None,
+        device: Any = None,
+        precision: str = "fp32",
+    ) -> GroundingDinoDetector:
+        """The detector around an already loaded transformers ``GroundingDinoForObjectDetection``
+        and its ``GroundingDinoProcessor`` (moved to ``device``; fp32/bf16/fp16 share its
+        weights, int8 quantises a copy). Options as in the constructor."""
+        det = cls.__new__(cls)
+        det._check_options(box_threshold, text_threshold, nms_threshold, device, precision)
+        det.processor, det.model = processor, model
+        det._setup(f"<{type(model).__name__} object>")
+        return det
+
+    def _check_options(
+        self,
+        box_threshold: Any,
+        text_threshold: Any,
+        nms_threshold: Any,
+        device: Any,
+        precision: Any,
+    ) -> None:
+        from grounded_sam.model.precision import check_precision
+
+        self.box_threshold = _check_threshold("box_threshold", box_threshold)
+        self.text_threshold = _check_threshold("text_threshold", text_threshold)
+        self.nms_threshold = _check_threshold("nms_threshold", nms_threshold, allow_none=True)
+        self.device = resolve_device(device)
+        self.precision = check_precision(precision, self.device)
+
+    def _setup(self, name: str) -> None:
+        """Everything after loading: device, fast runner, tokenizer limits, caches."""
+        from grounded_sam.detectors.gdino_fast import (
+            FastGroundingDino,
+            HFGroundingDinoRunner,
+            UnsupportedGroundingDinoError,
+        )
+
         self.model.to(self.device).eval()
-        self.model_name = str(source)
+        self.model_name = name
+        try:
+            self.runner: Any = FastGroundingDino.from_hf(self.model, self.precision)
+        except UnsupportedGroundingDinoError as e:
+            # One line, then transformers' own forward (same outputs, its speed).
+            _LOG.warning("grounding-dino: %s; running transformers' model instead (slower)", e)
+            self.runner = HFGroundingDinoRunner(self.model, self.precision)
+        self.fast = isinstance(self.runner, FastGroundingDino)
+        self.max_batch = 1 if self.device.type == "cpu" else 4
         self.tokenizer = self.processor.tokenizer
         self.max_text_len = self._text_token_limit()
         params = inspect.signature(self.processor.post_process_grounded_object_detection).parameters
         # transformers renamed box_threshold -> threshold (4.51); support both spellings.
         self._box_kw = "threshold" if "threshold" in params else "box_threshold"
+        self._prompts: OrderedDict[tuple[str, ...], _EncodedPrompt] = OrderedDict()
+        self.text_encodings = 0  # prompts encoded so far (cache misses), for tests and logs
 
     @staticmethod
     def _fetch(model: str) -> Path:
@@ -259,44 +358,129 @@ class GroundingDinoDetector(BaseDetector):
             labels (one of the phrases each), ``masks=None``. Boxes of several chunks of a long
             prompt are concatenated in chunk order.
         """
-        img = image if image.flags.writeable else image.copy()  # the processor wants writable
-        lowered = [p.lower() for p in phrases]
-        label_of = dict(zip(lowered, phrases, strict=True))
-        parts = [self._detect_chunk(img, chunk) for chunk in self.chunk_phrases(lowered)]
-        dets = Detections.concatenate(parts)
-        if self.nms_threshold is not None and len(dets):
-            dets = self._nms(dets, lowered)
-        dets.labels = [label_of[lbl] for lbl in dets.labels]
-        return dets
+        return self.detect_batch([image], phrases)[0]
 
-    def _detect_chunk(self, img: np.ndarray, phrases: list[str]) -> Detections:
+    def detect_batch(
+        self, images: Sequence[np.ndarray], phrases: Sequence[str]
+    ) -> list[Detections]:
+        """:meth:`detect_phrases` of each ``(H, W, 3)`` uint8 RGB image with the same phrases.
+
+        The prompt is tokenised and its text features computed once (and kept for later
+        calls); each image is preprocessed once for all chunks of a long prompt. Images of
+        one preprocessed size run ``max_batch`` per forward pass (on GPUs; on CPU a batch is
+        no faster, so one by one). Images of different sizes never share a pass: transformers'
+        processor would zero-pad them to one size, and padding changes what the backbone sees
+        near the border, so the boxes would differ from one-by-one calls.
+
+        Returns:
+            one :class:`Detections` per image, in order, equal to one-by-one calls (a batched
+            pass differs from single passes by float rounding only).
+        """
         import torch
 
+        phrases = list(phrases)
+        lowered = [p.lower() for p in phrases]
+        label_of = dict(zip(lowered, phrases, strict=True))
+        chunks = [self._encoded(chunk) for chunk in self.chunk_phrases(lowered)]
+        pixels = [self._pixels(im) for im in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (values, _) in enumerate(pixels):
+            groups.setdefault(tuple(values.shape[-2:]), []).append(i)
+        parts: list[list[Detections]] = [[] for _ in images]
+        for enc in chunks:
+            for members in groups.values():
+                for start in range(0, len(members), self.max_batch):
+                    batch = members[start : start + self.max_batch]
+                    values = torch.cat([pixels[i][0] for i in batch])
+                    masks = torch.cat([pixels[i][1] for i in batch])
+                    out = self.runner(values, pixel_mask=masks, text_features=enc.text)
+                    for row, i in enumerate(batch):
+                        parts[i].append(
+                            self._postprocess(
+                                out.logits[row : row + 1],
+                                out.pred_boxes[row : row + 1],
+                                enc,
+                                images[i].shape[:2],
+                            )
+                        )
+        results = []
+        for image_parts in parts:
+            dets = Detections.concatenate(image_parts)
+            if self.nms_threshold is not None and len(dets):
+                dets = self._nms(dets, lowered)
+            dets.labels = [label_of[lbl] for lbl in dets.labels]
+            results.append(dets)
+        return results
+
+    def _pixels(self, image: np.ndarray) -> tuple[Any, Any]:
+        """The processor's ``pixel_values`` ``(1, 3, H', W')`` float32 (resized, normalised)
+        and ``pixel_mask`` ``(1, H', W')`` (all ones: one image, no padding), on the device."""
+        img = image if image.flags.writeable else image.copy()  # the processor wants writable
+        inputs = self.processor.image_processor(images=img, return_tensors="pt")
+        mask = inputs.get("pixel_mask")
+        values = inputs["pixel_values"].to(self.device)
+        if mask is None:
+            import torch
+
+            mask = torch.ones(values.shape[:1] + values.shape[2:], dtype=torch.long)
+        return values, mask.to(self.device)
+
+    def _encoded(self, phrases: list[str]) -> _EncodedPrompt:
+        """The chunk's tokens and text features, from the cache (keyed by the phrases' text)
+        or computed once: BERT runs once per prompt, not once per image."""
+        key = tuple(phrases)
+        enc = self._prompts.get(key)
+        if enc is not None:
+            self._prompts.move_to_end(key)
+            return enc
         prompt, _ = self._prompt(phrases)
         ids, owners = self.phrase_token_indices(phrases)
-        inputs = self.processor(images=img, text=prompt, return_tensors="pt").to(self.device)
-        input_ids = inputs["input_ids"]
+        # The processor's own text path (its tokenizer settings, e.g. token_type_ids).
+        tokens = self.processor(text=prompt, return_tensors="pt")
+        input_ids = tokens["input_ids"].to(self.device)
         if input_ids[0].tolist() != ids:
             raise RuntimeError(
                 "internal error: the processor tokenised the prompt differently from the tokenizer "
                 f"({input_ids[0].tolist()} vs {ids}); please report this with your transformers version"
             )
+        mask = tokens.get("attention_mask")
+        types = tokens.get("token_type_ids")
+        text = self.runner.encode_text(
+            input_ids,
+            None if mask is None else mask.to(self.device),
+            None if types is None else types.to(self.device),
+        )
+        enc = _EncodedPrompt(key, input_ids, owners, text)
+        self._prompts[key] = enc
+        self.text_encodings += 1
+        while len(self._prompts) > _TEXT_CACHE_SIZE:
+            self._prompts.popitem(last=False)
+        return enc
+
+    def _postprocess(
+        self, logits: Any, pred_boxes: Any, enc: _EncodedPrompt, size: tuple[int, int]
+    ) -> Detections:
+        """transformers' post-processing of one image's outputs (``logits`` ``(1, Q, L)``,
+        ``pred_boxes`` ``(1, Q, 4)``) at the detector's thresholds, labelled by phrase."""
+        import torch
+
+        from grounded_sam.detectors.gdino_fast import FastGroundingDinoOutput
+
+        outputs = FastGroundingDinoOutput(logits, pred_boxes, enc.input_ids)
         with torch.inference_mode():
-            outputs = self.model(**inputs)
-            h, w = img.shape[:2]
             result = self.processor.post_process_grounded_object_detection(
                 outputs,
-                input_ids,
+                enc.input_ids,
                 **{self._box_kw: self.box_threshold},
                 text_threshold=self.text_threshold,
-                target_sizes=[(h, w)],
+                target_sizes=[tuple(size)],
             )[0]
             # Same selection as the post-processing, to know which queries were kept.
-            probs = torch.sigmoid(outputs.logits[0].float())  # (queries, max_text_len)
+            probs = torch.sigmoid(logits[0].float())  # (queries, max_text_len)
             keep = probs.max(dim=-1).values > self.box_threshold
             kept = probs[keep]  # (N, max_text_len)
             phrase_scores = torch.stack(
-                [kept[:, idx].max(dim=-1).values for idx in owners], dim=-1
+                [kept[:, idx].max(dim=-1).values for idx in enc.owners], dim=-1
             )  # (N, phrases)
             best = phrase_scores.argmax(dim=-1).cpu().numpy()
         boxes = result["boxes"].float().cpu().numpy()
@@ -309,7 +493,7 @@ class GroundingDinoDetector(BaseDetector):
         return Detections(
             boxes=boxes,
             scores=np.clip(scores, 0.0, 1.0),
-            labels=[phrases[i] for i in best],
+            labels=[enc.phrases[i] for i in best],
         )
 
     def _nms(self, dets: Detections, phrases: list[str]) -> Detections:
@@ -326,5 +510,6 @@ class GroundingDinoDetector(BaseDetector):
         return (
             f"GroundingDinoDetector(model={self.model_name!r}, box_threshold={self.box_threshold}, "
             f"text_threshold={self.text_threshold}, nms_threshold={self.nms_threshold}, "
-            f"device={str(self.device)!r})"
+            f"precision={self.precision!r}, device={str(self.device)!r}, "
+            f"backend={'fast' if self.fast else 'transformers'!r})"
         )

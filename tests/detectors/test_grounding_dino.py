@@ -59,8 +59,10 @@ def test_parity_and_phrase_labels(det, gdino_dir, small_chelsea) -> None:
     assert isinstance(dets, Detections)
     # The threshold bites: some queries kept, some dropped.
     assert 0 < len(dets) < out.logits.shape[1]
-    np.testing.assert_array_equal(dets.boxes, res["boxes"].numpy().astype(np.float32))
-    np.testing.assert_array_equal(dets.scores, res["scores"].numpy().astype(np.float32))
+    # The detector runs FastGroundingDino: transformers' outputs to float rounding (the
+    # issue's tolerances; tests/detectors/test_gdino_fast.py holds the full parity suite).
+    np.testing.assert_allclose(dets.boxes, res["boxes"].numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(dets.scores, res["scores"].numpy(), rtol=0, atol=1e-4)
     assert dets.boxes.dtype == np.float32 and dets.masks is None
     # Labels: the phrase whose own tokens score highest, computed here independently.
     probs = torch.sigmoid(out.logits[0])
