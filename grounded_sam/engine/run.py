@@ -10,11 +10,12 @@ a unit and assembles exactly what an uninterrupted run would have.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from grounded_sam.engine.runners import LocalRunner, Runner
 from grounded_sam.engine.sources import ImageTask, Shard, list_images, parse_shard, select_shard
 from grounded_sam.errors import InputError
 
-__all__ = ["LabelSummary", "label", "label_dataset", "merge"]
+__all__ = ["ENGINES", "LabelSummary", "label", "label_dataset", "make_runner", "merge"]
 
 _IDENTITY_KEYS = ("ontology", "detector", "sam", "settings")
 
@@ -67,6 +68,8 @@ class LabelSummary:
         audit: the audit's overall figures with ``--audit``.
         encoder_images: images this run passed through SAM's image encoder.
         interrupted: stopped by Ctrl-C (the work done is kept).
+        threads: CPU threads the models computed with (the dataset's recorded count).
+        engine: the runner's name (``local``, ``ray``).
     """
 
     dataset: Path
@@ -82,6 +85,8 @@ class LabelSummary:
     label_seconds: float = 0.0
     interrupted: bool = False
     failed_files: list[str] = field(default_factory=list)
+    threads: int | None = None
+    engine: str = "local"
 
     @property
     def exit_code(self) -> int:
@@ -269,6 +274,44 @@ def _record_digest(out: Path, digest: str) -> None:
     write_manifest(out, m)
 
 
+def _check_threads(out: Path, threads: int | None, manifest: dict[str, Any] | None) -> int:
+    """The CPU thread count of this run: the one recorded in the dataset, else ``threads``,
+    else PyTorch's default here. Kernels may sum in another order with another count (the
+    last float bits of scores and mask logits change), so a dataset keeps one count for
+    every run, engine and shard into it."""
+    import torch
+
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise InputError(f"--threads must be an integer >= 1, got {threads!r}")
+    recorded = (manifest or {}).get("threads")
+    if recorded is None:
+        return threads or torch.get_num_threads()
+    if threads is not None and threads != recorded:
+        raise InputError(
+            f"{out} was labelled with {recorded} CPU threads per process; --threads {threads} "
+            "could change the last bits of the results: leave --threads out (the recorded "
+            "count is used), or use --overwrite to relabel from scratch"
+        )
+    return int(recorded)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """PyTorch computes with ``n`` threads in this process for the block (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def _is_done(out: Path, task: ImageTask) -> bool:
     unit = read_unit(unit_path(out, task.file_name))
     return unit is not None and unit.ok and unit.size_bytes == task.size_bytes
@@ -298,11 +341,13 @@ def label_dataset(
     audit: str | os.PathLike | None = None,
     progress: bool = True,
     runner: Runner | None = None,
+    threads: int | None = None,
 ) -> LabelSummary:
     """Label ``images`` into the dataset ``out`` (see :func:`label`).
 
     ``config`` is a :class:`LabelConfig` (models are built only if some image needs
-    labelling) or a ready :class:`Labeler`.
+    labelling, and by the runner's workers for a runner with ``builds_models``, e.g. Ray) or
+    a ready :class:`Labeler`.
     """
     t0 = time.perf_counter()
     out = Path(os.path.expanduser(os.fspath(out)))
@@ -322,12 +367,19 @@ def label_dataset(
     identity = labeler.identity() if labeler is not None else cfg.identity()
     extra = {"thresholds": cfg.thresholds(), "sources": sources}
     kept = _check_out(out, identity, overwrite=overwrite, shard=shard)
+    extra["threads"] = _check_threads(out, threads, kept)
+    runner = runner or LocalRunner()
+    # a distributed runner builds the models on its workers (the driver may have no GPU)
+    remote = bool(getattr(runner, "builds_models", False))
     mine = select_shard(tasks, shard)
     todo = mine if kept is None else [t for t in mine if not _is_done(out, t)]
-    if todo and labeler is None:
+    if todo and labeler is None and not remote:
         labeler = Labeler.from_config(cfg)  # a model that fails to load changes nothing
     manifest = _write_out(out, identity, extra, kept, overwrite=overwrite, shard=shard)
+    # another shard may have created the manifest first: its count is the dataset's
+    n_threads = _check_threads(out, threads, manifest)
     summary = LabelSummary(out, images=len(mine), done_before=len(mine) - len(todo), shard=shard)
+    summary.threads, summary.engine = n_threads, runner.name or type(runner).__name__
     bar = Progress(0, stream=None)
 
     def commit(unit: ImageUnit) -> None:
@@ -344,13 +396,18 @@ def label_dataset(
             from grounded_sam.engine.embeddings import EmbeddingStore
 
             store = EmbeddingStore(out, identity["sam"])
-            before = labeler.pipe.encoder_calls
+            before = labeler.pipe.encoder_calls if labeler is not None else 0
             # the bar starts once the models are loaded, so its rate and ETA are labelling's
             bar = Progress(len(todo), stream=sys.stderr if progress else None)
             try:
-                (runner or LocalRunner()).run(labeler, todo, commit, store=store)
+                with _torch_threads(n_threads):
+                    runner.run(labeler if labeler is not None else cfg, todo, commit, store=store)
             finally:
-                summary.encoder_images = labeler.pipe.encoder_calls - before
+                summary.encoder_images = (
+                    labeler.pipe.encoder_calls - before
+                    if labeler is not None
+                    else getattr(runner, "encoder_images", 0)
+                )
                 summary.label_seconds = time.perf_counter() - bar.start
     except KeyboardInterrupt:
         bar.close()
@@ -420,6 +477,12 @@ def label(
     audit: str | os.PathLike | None = None,
     progress: bool = True,
     runner: Runner | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    actors: str | int | tuple[int, int] | None = None,
+    gpus_per_actor: float | None = None,
+    cpus_per_actor: float = 1.0,
+    threads: int | None = None,
     **options: Any,
 ) -> LabelSummary:
     """Label a folder of images into a COCO dataset, resumably.
@@ -434,7 +497,17 @@ def label(
             or settings changed).
         audit: an existing COCO file to compare the labels with (``audit.md``/``audit.json``).
         progress: show a progress bar / lines on stderr.
-        runner: how to run the per-image work (default :class:`LocalRunner`).
+        runner: how to run the per-image work (default: the ``engine``'s).
+        engine: ``"local"`` (this process) or ``"ray"`` (a Ray cluster through Ray Data, with
+            the same output; needs ``pip install "grounded-sam[ray]"``; see
+            ``docs/scale-out.md``).
+        ray_address, actors, gpus_per_actor, cpus_per_actor: the Ray engine's cluster
+            (``"auto"``, ``"ray://HOST:PORT"``; default: a local instance), actor pool (``N``
+            or ``(MIN, MAX)``) and resources per actor: see
+            :class:`~grounded_sam.engine.ray_runner.RayRunner`.
+        threads: CPU threads the models compute with in every process (each Ray actor too);
+            recorded in the dataset when it is created and used by every later run into it.
+            Default: the recorded count, else PyTorch's default here.
         **options: :class:`~grounded_sam.engine.labeler.Labeler` options (``detector``,
             ``sam``, ``sam_checkpoint``, ``device``, ``precision``, ``exclusive``,
             ``candidates``, ``batch_size``, ``save_embeddings``, and detector options such as
@@ -449,6 +522,16 @@ def label(
         summary = label("photos/", "cat,dog", "dataset/", detector="grounding-dino")
         print("\\n".join(summary.lines()))
     """
+    if runner is None:
+        runner = make_runner(
+            engine,
+            ray_address=ray_address,
+            actors=actors,
+            gpus_per_actor=gpus_per_actor,
+            cpus_per_actor=cpus_per_actor,
+        )
+    elif engine != "local":
+        raise InputError(f"give either runner= or engine={engine!r}, not both")
     config = LabelConfig.create(classes, **options)
     return label_dataset(
         config,
@@ -459,4 +542,49 @@ def label(
         audit=audit,
         progress=progress,
         runner=runner,
+        threads=threads,
     )
+
+
+ENGINES = ("local", "ray")
+
+
+def make_runner(
+    engine: str = "local",
+    *,
+    ray_address: str | None = None,
+    actors: str | int | tuple[int, int] | None = None,
+    gpus_per_actor: float | None = None,
+    cpus_per_actor: float = 1.0,
+) -> Runner:
+    """The runner of ``engine`` (``"local"`` or ``"ray"``) with its options.
+
+    Raises:
+        InputError: an unknown engine, or Ray options with the local engine.
+        MissingDependency: ``"ray"`` without Ray installed.
+    """
+    if engine == "ray":
+        from grounded_sam.engine.ray_runner import RayRunner
+
+        return RayRunner(
+            address=ray_address,
+            actors=actors,
+            gpus_per_actor=gpus_per_actor,
+            cpus_per_actor=cpus_per_actor,
+        )
+    if engine != "local":
+        raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    given = [
+        name
+        for name, value in (
+            ("ray_address", ray_address),
+            ("actors", actors),
+            ("gpus_per_actor", gpus_per_actor),
+            ("cpus_per_actor", None if cpus_per_actor == 1.0 else cpus_per_actor),
+        )
+        if value is not None
+    ]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise InputError(f"{', '.join(given)} {verb} to engine='ray' only")
+    return LocalRunner()
