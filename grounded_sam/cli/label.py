@@ -2,7 +2,8 @@
 into a COCO dataset (crash-safe, resumable, shardable), with a review queue.
 
 ``grounded-sam label --merge DATASET`` assembles a dataset from the units that ``--shard I/N``
-runs wrote. See ``docs/labelling.md``.
+runs wrote. ``--engine ray`` runs the same labelling on a Ray cluster with the same output.
+See ``docs/labelling.md`` and ``docs/scale-out.md``.
 """
 
 from __future__ import annotations
@@ -105,6 +106,50 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument(
         "--quiet", action="store_true", help="no progress bar or lines (the summary is printed)"
     )
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads the models compute with, in this process and in each Ray actor; "
+        "recorded in DATASET when it is created and used by every later run (another count "
+        "can change the last bits of scores); default: PyTorch's default here",
+    )
+    engine = parser.add_argument_group("engine (see docs/scale-out.md)")
+    engine.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: a Ray cluster through Ray Data, one model "
+        'copy per actor, the same output (pip install "grounded-sam[ray]")',
+    )
+    engine.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="the cluster: auto (started with `ray start` on this machine), ray://HOST:PORT "
+        "or HOST:PORT; default: $RAY_ADDRESS, else a local Ray instance for the run",
+    )
+    engine.add_argument(
+        "--actors",
+        metavar="N|MIN,MAX",
+        help="actors (model copies): N, or MIN,MAX for a pool that grows with the cluster; "
+        "default: one per GPU (per --gpus-per-actor), on CPUs one per --threads CPUs",
+    )
+    engine.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=None,
+        metavar="F",
+        help="GPUs each actor reserves; 0.5 puts two actors on one GPU (default: 1 when the "
+        "cluster has GPUs and --device is not cpu, else 0)",
+    )
+    engine.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        default=None,
+        metavar="F",
+        help="CPUs each actor reserves for Ray's scheduling (default 1)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -119,6 +164,8 @@ def _check_args(args: argparse.Namespace) -> None:
                 ("--out", args.out),
                 ("--shard", args.shard),
                 ("--overwrite", args.overwrite),
+                ("--engine", args.engine != "local"),
+                ("--threads", args.threads is not None),
             )
             if value
         ]
@@ -140,6 +187,22 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"label needs {' and '.join(missing)}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.engine != "ray":
+        ray_only = [
+            flag
+            for flag, value in (
+                ("--ray-address", args.ray_address),
+                ("--actors", args.actors),
+                ("--gpus-per-actor", args.gpus_per_actor),
+                ("--cpus-per-actor", args.cpus_per_actor),
+            )
+            if value is not None
+        ]
+        if ray_only:
+            verb = "applies" if len(ray_only) == 1 else "apply"
+            raise UsageError(f"{', '.join(ray_only)} {verb} with --engine ray only")
     if args.candidate_points is not None:
         if not args.candidates:
             raise UsageError("--candidate-points applies with --candidates only")
@@ -170,14 +233,43 @@ def _report(summary, quiet: bool) -> int:
     return summary.exit_code
 
 
+def _ray_lines(runner) -> list[str]:
+    """Who labelled what on the cluster (after the summary)."""
+    workers = sorted(runner.workers.values(), key=lambda w: (w.node, w.pid))
+    if not workers:
+        return []
+    lo, hi = runner.actors
+    pool = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    split = ", ".join(f"{w.images}" for w in workers)
+    gpus = f", {runner.gpus:g} GPU each" if runner.gpus else ""
+    out = [
+        f"ray: {len(workers)} actor process{'es' if len(workers) != 1 else ''} (pool "
+        f"{pool}{gpus}, {workers[0].threads} threads each) labelled {split} images"
+    ]
+    if runner.duplicates:
+        out.append(
+            f"ray: {runner.duplicates} units of retried tasks arrived twice; each image was "
+            "committed once"
+        )
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Label (or merge); 0 when every image was labelled, 2 when some could not be read."""
     from grounded_sam.engine.labeler import CandidateOptions, LabelConfig
-    from grounded_sam.engine.run import label_dataset, merge
+    from grounded_sam.engine.run import label_dataset, make_runner, merge
 
     _check_args(args)
     if args.merge is not None:
         return _report(merge(args.merge, audit=args.audit), args.quiet)
+    # first: a missing Ray or a bad pool size fails before anything is loaded
+    runner = make_runner(
+        args.engine,
+        ray_address=args.ray_address,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        cpus_per_actor=1.0 if args.cpus_per_actor is None else args.cpus_per_actor,
+    )
     config = LabelConfig.create(
         args.classes,
         detector=args.detector,
@@ -201,5 +293,11 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         audit=args.audit,
         progress=not args.quiet,
+        runner=runner,
+        threads=args.threads,
     )
-    return _report(summary, args.quiet)
+    code = _report(summary, args.quiet)
+    if args.engine == "ray":
+        for line in _ray_lines(runner):
+            print(line, flush=True)
+    return code
