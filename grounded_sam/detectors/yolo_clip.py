@@ -245,8 +245,9 @@ class OpenClipEncoder:
         expected = set(net.state_dict())
         return sorted(expected - set(state)), sorted(set(state) - expected)
 
-    def _preprocess(self, crop: np.ndarray) -> Any:
-        import torch
+    def _square(self, crop: np.ndarray) -> np.ndarray:
+        """hxwx3 uint8 crop -> (S, S, 3) uint8: padded to a square with ``fill_color``, then
+        resized (bicubic, PIL) to the model's input size ``S``."""
         from PIL import Image
 
         h, w = crop.shape[:2]
@@ -256,8 +257,7 @@ class OpenClipEncoder:
         y0, x0 = (side - h) // 2, (side - w) // 2
         square[y0 : y0 + h, x0 : x0 + w] = crop
         pil = Image.fromarray(square).resize((self.image_size, self.image_size), Image.BICUBIC)
-        x = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+        return np.asarray(pil)
 
     def encode_images(self, crops: Sequence[np.ndarray]) -> Any:
         """Crops (hxwx3 uint8 RGB) -> ``(N, D)`` float32 unit embeddings, in one forward pass.
@@ -268,7 +268,13 @@ class OpenClipEncoder:
         import torch
         import torch.nn.functional as F
 
-        batch = torch.stack([self._preprocess(c) for c in crops]).to(self.device)
+        # resized in uint8 one crop at a time, normalised once for the whole batch: a float
+        # tensor per crop cost ~15 ms each in small-op overhead (2 s for 119 crops)
+        stack = torch.from_numpy(np.stack([self._square(c) for c in crops]))
+        batch = stack.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = self.mean.to(batch.device)[None, :, None, None]
+        std = self.std.to(batch.device)[None, :, None, None]
+        batch = batch.sub_(mean).div_(std)
         with torch.inference_mode():
             emb = self.model.encode_image(batch)
         return F.normalize(emb.float(), dim=-1).cpu()
