@@ -36,6 +36,17 @@ from grounded_sam.testing.detectors import GDINO_WORDS, make_grounding_dino_dir,
 BOX_THRESHOLD, TEXT_THRESHOLD = 0.3, 0.25
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: every operator is microseconds of work, and with two threads on a shared
+    machine each parallel region waits for the partner thread (measured 0.02 s per detection
+    on one thread, 0.3-1.4 s on two under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------- builders
 def _tokenizer(words: list[str], path: Path, max_len: int):
     """A BERT WordPiece tokenizer whose specials and '.'/'?' sit at bert-base-uncased's ids."""
@@ -426,27 +437,195 @@ def test_supported_model_gets_the_fast_path(bert_like) -> None:
 
 
 # ----------------------------------------------------------------------------- the detector
-def test_drop_in_for_the_detector(tmp_path_factory, photos) -> None:
-    """``det.model = fast_model(det.model)``: the detector's own call gives the same results."""
+PHRASES = ["a cat", "a striped dog", "green grass"]
+LONG = ["a cat", "a striped dog", "green grass", "the sky", "a red car", "the blue tree"]
+
+
+def _detector(processor, model, **kw):
     from grounded_sam.detectors.grounding_dino import GroundingDinoDetector
 
-    path = make_grounding_dino_dir(tmp_path_factory.mktemp("gdino_fast_det"))
-    det = GroundingDinoDetector(path, device="cpu", box_threshold=0.7)
-    image = photos["chelsea"]
-    ref = det.detect(image, "a cat. a striped dog. green grass.")
-    det.model = fast_model(det.model)
-    ours = det.detect(image, "a cat. a striped dog. green grass.")
-    assert 0 < len(ref)
-    np.testing.assert_allclose(ours.boxes, ref.boxes, rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(ours.scores, ref.scores, rtol=0, atol=1e-4)
-    assert ours.labels == ref.labels
+    kw.setdefault("box_threshold", BOX_THRESHOLD)
+    return GroundingDinoDetector.from_transformers(model, processor, device="cpu", **kw)
+
+
+def _reference(processor, model, image: np.ndarray, phrases: list[str]):
+    """transformers alone: processor -> GroundingDinoForObjectDetection -> post-processing at
+    the default thresholds; labels: the phrase whose own tokens score highest (computed here
+    from the token positions of each phrase, tokenised piece by piece)."""
+    prompt = ". ".join(p.lower() for p in phrases) + "."
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    with torch.inference_mode():
+        out = model(**inputs)
+    res = _post(processor, out, inputs["input_ids"], image.shape[:2])[0]
+    tok = processor.tokenizer
+    pos, spans = 1, []
+    for p in phrases:
+        n = len(tok(p.lower(), add_special_tokens=False)["input_ids"])
+        spans.append(list(range(pos, pos + n)))
+        pos += n + 1  # "."
+    probs = out.logits[0].sigmoid()
+    kept = probs[probs.max(-1).values > BOX_THRESHOLD]
+    labels = [phrases[int(np.argmax([float(row[s].max()) for s in spans]))] for row in kept]
+    return res["boxes"].numpy(), res["scores"].numpy(), labels
+
+
+def _assert_detections_match(dets, boxes, scores, labels) -> None:
+    assert len(dets) == len(boxes)
+    np.testing.assert_allclose(dets.boxes, boxes, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(dets.scores, scores, rtol=0, atol=1e-4)
+    assert dets.labels == labels
+
+
+@pytest.fixture(scope="module")
+def saved_short(tmp_path_factory):
+    """(processor, model) of ``make_grounding_dino_dir`` with a 12-token text encoder."""
+    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+    path = make_grounding_dino_dir(tmp_path_factory.mktemp("gdino_fast_short12"), max_text_len=12)
+    return (
+        AutoProcessor.from_pretrained(path),
+        AutoModelForZeroShotObjectDetection.from_pretrained(path).eval(),
+    )
+
+
+@pytest.fixture(scope="module")
+def bert_like_short(tmp_path_factory):
+    """BERT-like tiny model whose tokenizer takes 12 tokens: long prompts need chunks."""
+    return _bert_like(tmp_path_factory.mktemp("gdino_fast_bert12"), seed=2, max_text_len=12)
+
+
+@pytest.mark.parametrize("family", ["saved_tiny", "bert_like"])
+@pytest.mark.parametrize("photo", ["chelsea", "astronaut"])
+def test_detector_matches_transformers(request, photos, family, photo) -> None:
+    """The detector (FastGroundingDino inside) against transformers' model + processor."""
+    processor, model = request.getfixturevalue(family)
+    det = _detector(processor, model)
+    assert det.fast and isinstance(det.runner, FastGroundingDino)
+    dets = det.detect(photos[photo], "A cat. a striped dog. green grass.")
+    boxes, scores, labels = _reference(processor, model, photos[photo], PHRASES)
+    assert 0 < len(boxes)
+    # Labels keep the case as written; the model sees the caption lower-cased.
+    _assert_detections_match(dets, boxes, scores, ["A cat" if x == "a cat" else x for x in labels])
+
+
+@pytest.mark.parametrize("family", ["saved_short", "bert_like_short"])
+def test_detector_chunked_prompt_matches_transformers(request, photos, family) -> None:
+    """A prompt longer than the 12-token text encoder: the detector's chunks, each checked
+    against transformers on that chunk's caption, concatenated in chunk order."""
+    processor, model = request.getfixturevalue(family)
+    det = _detector(processor, model)
+    chunks = det.chunk_phrases(LONG)
+    assert len(chunks) >= 2 and [p for c in chunks for p in c] == LONG
+    for photo in ("chelsea", "astronaut"):
+        dets = det.detect(photos[photo], LONG)
+        refs = [_reference(processor, model, photos[photo], chunk) for chunk in chunks]
+        _assert_detections_match(
+            dets,
+            np.concatenate([r[0] for r in refs]),
+            np.concatenate([r[1] for r in refs]),
+            [lbl for r in refs for lbl in r[2]],
+        )
+        assert len({lbl for r in refs for lbl in r[2]}) >= 2  # labels from several chunks
+
+
+def test_text_features_once_per_prompt(bert_like, photos) -> None:
+    """BERT runs once per prompt (cache keyed by the phrases' text, not by object); results
+    equal those of a detector with nothing cached."""
+    from grounded_sam.testing.pipeline import CallCounter
+
+    processor, model = bert_like
+    det = _detector(processor, model)
+    images = [photos["chelsea"], photos["astronaut"], photos["coffee"]]
+    with CallCounter(det.runner.text_backbone, "input_ids") as bert:
+        first = [det.detect(im, "a cat. green grass.") for im in images]
+        again = det.detect_batch(images, ["a cat", "green grass"])  # a new, equal list
+        assert bert.calls == 1 and det.text_encodings == 1
+        det.detect(images[0], "a cat. a striped dog.")
+        det.detect(images[1], ["A cat", "a striped dog"])  # same caption once lower-cased
+        assert bert.calls == 2
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        assert a.labels == b.labels
+    fresh = _detector(processor, model).detect(images[2], "a cat. green grass.")
+    np.testing.assert_array_equal(first[2].boxes, fresh.boxes)
+    np.testing.assert_array_equal(first[2].scores, fresh.scores)
+
+
+def test_detect_batch_equals_one_by_one(bert_like, photos) -> None:
+    """Default (CPU: one image per pass) equal bit for bit; same-size images forced into one
+    pass (as on GPUs) equal to float rounding; different sizes never share a pass."""
+    from grounded_sam.testing.pipeline import CallCounter
+
+    processor, model = bert_like
+    det = _detector(processor, model)
+    mirrored = np.ascontiguousarray(photos["chelsea"][:, ::-1])
+    images = [photos["chelsea"], photos["astronaut"], mirrored, photos["coffee"]]
+    single = [det.detect(im, PHRASES) for im in images]
+    assert det.max_batch == 1
+    for a, b in zip(det.detect_batch(images, PHRASES), single, strict=True):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        assert a.labels == b.labels
+    det.max_batch = 4
+    with CallCounter(det.runner) as passes:
+        batched = det.detect_batch(images, PHRASES)
+    # The processor resizes chelsea, its mirror image and coffee (all 2:3) to one size.
+    assert passes.batch_sizes == [3, 1]
+    for a, b in zip(batched, single, strict=True):
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose(a.boxes, b.boxes, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-5)
+        assert a.labels == b.labels
+
+
+def test_detector_precision_option(bert_like, photos) -> None:
+    import argparse
+
+    from grounded_sam.cli._common import add_detector_args, detector_kwargs
+    from grounded_sam.detectors import detector_options
+
+    processor, model = bert_like
+    opt = {o.name: o for o in detector_options("grounding-dino")}["precision"]
+    assert opt.default == "fp32" and opt.cli_flag == "--detector-precision"
+    parser = argparse.ArgumentParser()
+    add_detector_args(parser)
+    args = parser.parse_args(["--detector-precision", "int8"])
+    assert detector_kwargs(args) == {"precision": "int8"}
+    fp32 = _detector(processor, model)
+    int8 = _detector(processor, model, precision="int8")
+    assert int8.runner.precision == "int8" and "precision='int8'" in repr(int8)
+    recalls = []
+    for photo in ("chelsea", "astronaut", "coffee"):
+        a, b = fp32.detect(photos[photo], PHRASES), int8.detect(photos[photo], PHRASES)
+        recalls.append(_box_recall(torch.from_numpy(a.boxes), torch.from_numpy(b.boxes)))
+    assert np.mean(recalls) >= 0.7, recalls  # see test_lower_precision_keeps_the_boxes
+    assert type(model.model.encoder.layers[0].deformable_layer.fc1) is torch.nn.Linear
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        _detector(processor, model, precision="fp8")
+
+
+def test_detector_falls_back_with_one_line(tmp_path, photos, caplog) -> None:
+    """A config the fast path does not implement: transformers' model runs, one warning line
+    names the reason, and the results are transformers' own."""
+    processor, model = _bert_like(tmp_path, seed=5, position_embedding_type="learned")
+    with caplog.at_level("WARNING", logger="grounded_sam.detectors.grounding_dino"):
+        det = _detector(processor, model)
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1 and "\n" not in notes[0]
+    assert "position_embedding_type='learned'" in notes[0] and "transformers" in notes[0]
+    assert not det.fast and isinstance(det.runner, HFGroundingDinoRunner)
+    dets = det.detect(photos["chelsea"], PHRASES)
+    boxes, scores, labels = _reference(processor, model, photos["chelsea"], PHRASES)
+    np.testing.assert_array_equal(dets.boxes, boxes)
+    np.testing.assert_array_equal(dets.scores, scores)
+    assert dets.labels == labels
 
 
 # ----------------------------------------------------------------------------- full size
 @pytest.mark.slow
 def test_full_size_tiny_shaped_model() -> None:
     """Grounding-DINO-tiny's shapes (Swin-T, BERT-base, 6+6 layers, 900 queries, 256 tokens),
-    random perturbed weights, chelsea at 640x962 (the benchmark runs 800x1202)."""
+    random perturbed weights, chelsea at 512x770 (the benchmark runs 800x1202); one thread."""
     from PIL import Image
     from skimage.data import chelsea
     from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection
@@ -454,7 +633,10 @@ def test_full_size_tiny_shaped_model() -> None:
     torch.manual_seed(0)
     model = GroundingDinoForObjectDetection(GroundingDinoConfig()).eval()
     perturb_(model)
-    with torch.no_grad():  # as benchmarks/grounding_dino.py: part of the queries kept
+    # As benchmarks/grounding_dino.py, part of the queries kept; the border proposals are
+    # pushed only slightly below the real ones (the benchmark pushes them further and matches
+    # queries whose two-stage scores tie, which may come out in another order).
+    with torch.no_grad():
         text_norm = model.model.encoder.layers[-1].text_enhancer_layer.layer_norm_after
         text_norm.weight.mul_(0.1)
         gen = torch.Generator().manual_seed(1)
@@ -463,7 +645,7 @@ def test_full_size_tiny_shaped_model() -> None:
         model.model.decoder.layer_norm.bias.zero_()
         direction = model.model.enc_output_norm.weight * text_norm.bias
         model.model.enc_output.bias.copy_(-1e-3 * direction / direction.norm())
-    image = np.asarray(Image.fromarray(chelsea()).resize((962, 640), Image.BILINEAR))
+    image = np.asarray(Image.fromarray(chelsea()).resize((770, 512), Image.BILINEAR))
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     pixels = torch.from_numpy(((image / 255.0 - mean) / std).astype(np.float32))
     pixels = pixels.permute(2, 0, 1)[None].contiguous()
