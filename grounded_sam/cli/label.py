@@ -244,7 +244,8 @@ def _ray_lines(runner) -> list[str]:
     gpus = f", {runner.gpus:g} GPU each" if runner.gpus else ""
     out = [
         f"ray: {len(workers)} actor process{'es' if len(workers) != 1 else ''} (pool "
-        f"{pool}{gpus}, {workers[0].threads} threads each) labelled {split} images"
+        f"{pool}{gpus}, {workers[0].threads} thread{'s' if workers[0].threads != 1 else ''} "
+        f"each) labelled {split} images"
     ]
     if runner.duplicates:
         out.append(

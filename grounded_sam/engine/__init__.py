@@ -8,7 +8,8 @@ Modules:
 - :mod:`~grounded_sam.engine.embeddings`: SAM embeddings stored in a dataset.
 - :mod:`~grounded_sam.engine.sources`: which images a run covers (file names, shards).
 - :mod:`~grounded_sam.engine.labeler`: the pure per-image step (:class:`Labeler`).
-- :mod:`~grounded_sam.engine.runners`: how that step is executed (local; Ray elsewhere).
+- :mod:`~grounded_sam.engine.runners`: how that step is executed (local);
+  :mod:`~grounded_sam.engine.ray_runner`: on a Ray cluster (``--engine ray``, optional).
 - :mod:`~grounded_sam.engine.assemble`, :mod:`~grounded_sam.engine.review`: units ->
   annotations.json, errors.json, review.json, candidates.json.
 - :mod:`~grounded_sam.engine.run`: a whole run (:func:`label`, :func:`merge`).
@@ -32,6 +33,8 @@ _EXPORTS = {
     "CandidateOptions": "grounded_sam.engine.labeler",
     "LocalRunner": "grounded_sam.engine.runners",
     "Runner": "grounded_sam.engine.runners",
+    "RayRunner": "grounded_sam.engine.ray_runner",
+    "make_runner": "grounded_sam.engine.run",
     "export_dataset": "grounded_sam.engine.export_formats",
     "Ontology": "grounded_sam.engine.ontology",
     "OntologyClass": "grounded_sam.engine.ontology",

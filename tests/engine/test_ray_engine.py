@@ -33,6 +33,9 @@ from grounded_sam.engine.ray_runner import RayRunner  # noqa: E402
 from grounded_sam.engine.run import label  # noqa: E402
 from grounded_sam.testing.pipeline import tiny_sam  # noqa: E402
 
+# Ray Data's DataContext warns about its own deprecated fields whenever it is copied
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "label_driver.py"
 # every Ray process started for these tests inherits this variable: how the leftover check
