@@ -148,7 +148,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="F",
-        help="CPUs each actor reserves for Ray's scheduling (default 1)",
+        help="CPUs each actor reserves for Ray's scheduling (default: 1 for GPU actors, else "
+        "--threads, so a node runs no more actors than it has cores)",
     )
     parser.set_defaults(func=run)
     return parser
@@ -269,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         actors=args.actors,
         gpus_per_actor=args.gpus_per_actor,
-        cpus_per_actor=1.0 if args.cpus_per_actor is None else args.cpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor,
     )
     config = LabelConfig.create(
         args.classes,

@@ -250,7 +250,10 @@ class RayRunner(Runner):
         gpus_per_actor: GPUs each actor reserves (fractions share a GPU: 0.5 puts two actors,
             two model copies, on one GPU); default 1 when the cluster has GPUs and the
             labeller's device is not ``cpu``, else 0.
-        cpus_per_actor: CPUs each actor reserves for scheduling (default 1). The threads it
+        cpus_per_actor: CPUs each actor reserves for Ray's scheduling. Default: 1 for GPU
+            actors; for CPU actors the run's thread count (each actor computes with that many
+            threads, so Ray places no more actors on a node than its cores can run), lowered
+            when a requested pool would not fit the cluster otherwise. The threads an actor
             computes with are the run's (see the module docstring), not this number.
         local_options: extra ``ray.init`` options for the local instance (e.g.
             ``{"num_cpus": 2}``); only when no cluster is given.
@@ -258,7 +261,7 @@ class RayRunner(Runner):
     After :meth:`run`: :attr:`workers` (a :class:`WorkerReport` per actor process),
     :attr:`encoder_images`, :attr:`duplicates` (units that arrived twice, e.g. from a task
     retried after its actor died; committed once), :attr:`actors` (the pool's (MIN, MAX)),
-    :attr:`gpus` (per actor).
+    :attr:`gpus` and :attr:`cpus` (reserved per actor).
 
     Raises:
         MissingDependency: Ray (with Ray Data) is not installed.
@@ -276,7 +279,7 @@ class RayRunner(Runner):
         address: str | None = None,
         actors: str | int | tuple[int, int] | None = None,
         gpus_per_actor: float | None = None,
-        cpus_per_actor: float = 1.0,
+        cpus_per_actor: float | None = None,
         local_options: Mapping[str, Any] | None = None,
     ) -> None:
         if address is not None and (not isinstance(address, str) or not address.strip()):
@@ -299,6 +302,7 @@ class RayRunner(Runner):
         self.duplicates = 0
         self.actors: tuple[int, int] | None = None
         self.gpus: float | None = None
+        self.cpus: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -346,8 +350,11 @@ class RayRunner(Runner):
         finally:
             ray.shutdown()
 
-    def _plan(self, ray: Any, config: Any, n: int, threads: int) -> tuple[tuple[int, int], float]:
-        """The pool's (MIN, MAX) and GPUs per actor, from the request and the cluster."""
+    def _plan(
+        self, ray: Any, config: Any, n: int, threads: int
+    ) -> tuple[tuple[int, int], float, float]:
+        """The pool's (MIN, MAX), and the GPUs and CPUs each actor reserves, from the request
+        and the cluster."""
         resources = ray.cluster_resources()
         cluster_gpus = float(resources.get("GPU", 0.0))
         cluster_cpus = float(resources.get("CPU", 0.0))
@@ -365,16 +372,26 @@ class RayRunner(Runner):
                 f"--device {device} needs --gpus-per-actor > 0 (Ray shows an actor only the "
                 "GPUs it reserved)"
             )
+        cpus = self.cpus_per_actor
+        if cpus is None:
+            # a CPU actor computes with `threads` threads: reserving as many CPUs keeps Ray
+            # from packing more actors on a node than it has cores (oversubscribed threads
+            # slow every actor down); a GPU actor mostly waits on its GPU
+            cpus = 1.0 if gpus > 0 else float(threads)
         if self.requested_actors is not None:
             lo, hi = self.requested_actors
         else:
             if gpus > 0:
                 lo = max(1, int(cluster_gpus // gpus))
             else:
-                lo = max(1, int(cluster_cpus // max(self.cpus_per_actor or 0.0, threads, 1)))
+                lo = max(1, int(cluster_cpus // max(cpus, 1)))
             lo = hi = lo
         lo, hi = min(lo, max(n, 1)), min(hi, max(n, 1))  # more actors than images: idle
-        need_gpus, need_cpus = lo * gpus, lo * (self.cpus_per_actor or 0.0)
+        if self.cpus_per_actor is None and gpus == 0 and lo * cpus > cluster_cpus > 0:
+            # the pool asked for does not fit with a full reservation: share the CPUs (Ray
+            # takes fractions to 1e-4) rather than wait for resources that may never come
+            cpus = math.floor(cluster_cpus / lo * 1e4) / 1e4
+        need_gpus, need_cpus = lo * gpus, lo * cpus
         if need_gpus > cluster_gpus or need_cpus > cluster_cpus:
             log.warning(
                 "waiting for resources: %d actor(s) need %g GPU(s) and %g CPU(s), the cluster "
@@ -386,7 +403,7 @@ class RayRunner(Runner):
                 cluster_gpus,
                 cluster_cpus,
             )
-        return (lo, hi), gpus
+        return (lo, hi), gpus, cpus
 
     # ------------------------------------------------------------------ run
     def run(
@@ -418,7 +435,7 @@ class RayRunner(Runner):
         expected = {t.file_name for t in tasks}
         done: set[str] = set()
         with self._cluster() as ray, _quiet_ray_data():
-            self.actors, self.gpus = self._plan(ray, config, len(tasks), threads)
+            self.actors, self.gpus, self.cpus = self._plan(ray, config, len(tasks), threads)
             ds = self._dataset(ray, config, tasks, store, threads)
             rows = iter(ds.iter_rows())
             try:
@@ -489,6 +506,6 @@ class RayRunner(Runner):
             batch_format="pyarrow",
             compute=compute,
             fn_constructor_kwargs={"config": config, "threads": threads, "store": store},
-            num_cpus=self.cpus_per_actor,
+            num_cpus=self.cpus,
             num_gpus=self.gpus or None,
         )

@@ -481,7 +481,7 @@ def label(
     ray_address: str | None = None,
     actors: str | int | tuple[int, int] | None = None,
     gpus_per_actor: float | None = None,
-    cpus_per_actor: float = 1.0,
+    cpus_per_actor: float | None = None,
     threads: int | None = None,
     **options: Any,
 ) -> LabelSummary:
@@ -555,7 +555,7 @@ def make_runner(
     ray_address: str | None = None,
     actors: str | int | tuple[int, int] | None = None,
     gpus_per_actor: float | None = None,
-    cpus_per_actor: float = 1.0,
+    cpus_per_actor: float | None = None,
 ) -> Runner:
     """The runner of ``engine`` (``"local"`` or ``"ray"``) with its options.
 
@@ -580,7 +580,7 @@ def make_runner(
             ("ray_address", ray_address),
             ("actors", actors),
             ("gpus_per_actor", gpus_per_actor),
-            ("cpus_per_actor", None if cpus_per_actor == 1.0 else cpus_per_actor),
+            ("cpus_per_actor", cpus_per_actor),
         )
         if value is not None
     ]

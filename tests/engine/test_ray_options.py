@@ -144,3 +144,57 @@ def test_the_thread_count_is_recorded_and_kept_for_every_later_run(tmp_path):
     assert tree(out) == snapshot
     with pytest.raises(InputError, match="--threads must be an integer >= 1, got 0"):
         label(photos, "cat", tmp_path / "other", detector=ContentDetector(), threads=0)
+
+
+class _FakeRay:
+    """Stands in for the ``ray`` module in :meth:`RayRunner._plan`: a cluster's resources."""
+
+    def __init__(self, cpus: float, gpus: float = 0.0) -> None:
+        self.resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+
+    def cluster_resources(self) -> dict[str, float]:
+        return dict(self.resources)
+
+
+class _Config:
+    def __init__(self, device: str | None = None) -> None:
+        self.device = device
+
+
+@pytest.mark.parametrize(
+    ("kw", "cluster", "device", "threads", "plan"),
+    [
+        # CPU actors reserve their threads: 16 CPUs / 4 threads -> 4 actors of 4 CPUs
+        ({}, (16, 0), None, 4, ((4, 4), 0.0, 4.0)),
+        # a requested pool that would not fit with full reservations shares the CPUs
+        ({"actors": 2}, (2, 0), "cpu", 2, ((2, 2), 0.0, 1.0)),
+        ({"actors": 3}, (2, 0), "cpu", 2, ((3, 3), 0.0, 0.6666)),
+        # an explicit reservation is kept (Ray waits for resources, with a warning)
+        ({"actors": 2, "cpus_per_actor": 3}, (4, 0), None, 1, ((2, 2), 0.0, 3.0)),
+        # GPU actors: one per GPU (or per fraction), 1 CPU each
+        ({}, (32, 4), None, 8, ((4, 4), 1.0, 1.0)),
+        ({"gpus_per_actor": 0.5}, (32, 4), "cuda", 8, ((8, 8), 0.5, 1.0)),
+        ({"actors": "1,6"}, (32, 4), None, 8, ((1, 6), 1.0, 1.0)),
+        # --device cpu on a GPU cluster: CPU actors
+        ({}, (8, 2), "cpu", 2, ((4, 4), 0.0, 2.0)),
+    ],
+)
+def test_the_pool_and_the_reservations_follow_the_cluster(kw, cluster, device, threads, plan):
+    pytest.importorskip("ray.data")
+    from grounded_sam.engine.ray_runner import RayRunner
+
+    runner = RayRunner(**kw)
+    assert runner._plan(_FakeRay(*cluster), _Config(device), 100, threads) == plan
+    # never more actors than images (the others would sit idle, holding a model copy)
+    (lo, hi), gpus, cpus = runner._plan(_FakeRay(*cluster), _Config(device), 2, threads)
+    assert (lo, hi) == (min(plan[0][0], 2), min(plan[0][1], 2)) and gpus == plan[1]
+
+
+def test_gpu_reservations_must_match_the_device():
+    pytest.importorskip("ray.data")
+    from grounded_sam.engine.ray_runner import RayRunner
+
+    with pytest.raises(InputError, match=r"--gpus-per-actor 1 with --device cpu"):
+        RayRunner(gpus_per_actor=1)._plan(_FakeRay(8, 1), _Config("cpu"), 5, 1)
+    with pytest.raises(InputError, match=r"--device cuda:0 needs --gpus-per-actor > 0"):
+        RayRunner(gpus_per_actor=0)._plan(_FakeRay(8, 1), _Config("cuda:0"), 5, 1)
