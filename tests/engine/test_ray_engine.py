@@ -31,6 +31,7 @@ from engine_helpers import TINY, ContentDetector  # noqa: E402
 from grounded_sam.engine import dataset as ds  # noqa: E402
 from grounded_sam.engine.ray_runner import RayRunner  # noqa: E402
 from grounded_sam.engine.run import label  # noqa: E402
+from grounded_sam.errors import WeightsError  # noqa: E402
 from grounded_sam.testing.pipeline import tiny_sam  # noqa: E402
 
 # Ray Data's DataContext warns about its own deprecated fields whenever it is copied
@@ -288,3 +289,24 @@ def test_driver_killed_midway_then_rerun(cluster, reference, photos, tiny_checkp
     assert not any(line.startswith("Traceback") for line in again.stderr.splitlines())
     _assert_none_left(marker, "the CLI's own local Ray instance")
     shutil.rmtree(out)
+
+
+def test_models_that_fail_to_build_on_the_actors_give_the_users_error(cluster, photos, tmp_path):
+    """The actors build the models; a bad checkpoint is their WeightsError, re-raised on the
+    driver as itself (one line on the CLI), not a Ray traceback or an endless restart."""
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "ds"
+    with pytest.raises(WeightsError, match=r"bad\.pt' is not a readable torch checkpoint"):
+        label(
+            photos,
+            photos.parent / "classes.yaml",
+            out,
+            detector=ContentDetector(),
+            sam="mobile_sam",
+            sam_checkpoint=bad,
+            device="cpu",
+            runner=RayRunner(actors=1),
+            progress=False,
+        )
+    assert _unit_files(out) == 0  # nothing labelled: the next run starts afresh
