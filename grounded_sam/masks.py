@@ -132,6 +132,50 @@ def check_points(
 
 
 # --------------------------------------------------------------------------- boxes
+def check_prompt(
+    point_coords: object,
+    point_labels: object,
+    box: object,
+    mask_input: object,
+    mask_input_size: tuple[int, int],
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Validate one prompt of ``predict()`` (SamPredictor's and OnnxSamPredictor's).
+
+    Args:
+        point_coords, point_labels: (N, 2) xy pixels and (N,) labels in {0, 1}, both or
+            neither.
+        box: (4,) or (1, 4) XYXY pixels, or None.
+        mask_input: (1, h, w) low-resolution logits of a previous call, or None.
+        mask_input_size: the model's (h, w) for ``mask_input``.
+    Returns:
+        coords float64 (N, 2), labels int64 (N,), box float64 (1, 4), mask float32 (1, h, w);
+        each None where not given.
+    """
+    coords = labels = b = m = None
+    if point_coords is not None or point_labels is not None:
+        if point_coords is None or point_labels is None:
+            raise InputError("point_coords and point_labels must be given together")
+        coords, labels = check_points(
+            point_coords, point_labels, names=("point_coords", "point_labels")
+        )
+    if box is not None:
+        b = check_boxes(box, "box")
+        if b.shape[0] != 1:
+            raise InputError(
+                f"predict() takes one box of shape (4,) or (1, 4), got {b.shape}; "
+                "use predict_boxes() for several"
+            )
+    if mask_input is not None:
+        m = finite_array(mask_input, "mask_input", dtype=np.float32)
+        expected = (1, *mask_input_size)
+        if m.shape != expected:
+            raise InputError(
+                f"mask_input must have shape {expected} (the low_res_logits of a previous call, "
+                f"one mask), got {m.shape}"
+            )
+    return coords, labels, b, m
+
+
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     """(N, H, W) bool -> (N, 4) float32 XYXY tight boxes (exclusive right/bottom edges);
     an empty mask gives zeros."""

@@ -21,7 +21,7 @@ import torch
 
 from grounded_sam.errors import InputError
 from grounded_sam.io import ImageLike, load_image
-from grounded_sam.masks import check_boxes, check_points, finite_array
+from grounded_sam.masks import check_boxes, check_prompt
 from grounded_sam.model.sam import SamBase
 from grounded_sam.model.transforms import ResizeLongestSide
 
@@ -211,25 +211,17 @@ class SamPredictor:
             float32, low_res_logits (C, 256, 256) float32; C is 3 or 1.
         """
         self._require_image()
+        coords, labels, box, mask = check_prompt(
+            point_coords, point_labels, box, mask_input, tuple(self.model.mask_input_size)
+        )
         coords_t = labels_t = box_t = mask_t = None
-        if point_coords is not None or point_labels is not None:
-            if point_coords is None or point_labels is None:
-                raise InputError("point_coords and point_labels must be given together")
-            coords, labels = check_points(
-                point_coords, point_labels, names=("point_coords", "point_labels")
-            )
+        if coords is not None:
             coords_t = self._to_model_frame(coords)[None].float()
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
         if box is not None:
-            b = check_boxes(box, "box")
-            if b.shape[0] != 1:
-                raise InputError(
-                    f"predict() takes one box of shape (4,) or (1, 4), got {b.shape}; "
-                    "use predict_boxes() for several"
-                )
-            box_t = self._to_model_frame(b.reshape(1, 2, 2)).reshape(1, 4).float()
-        if mask_input is not None:
-            mask_t = self._check_mask_input(mask_input)[None]
+            box_t = self._to_model_frame(box.reshape(1, 2, 2)).reshape(1, 4).float()
+        if mask is not None:
+            mask_t = torch.as_tensor(mask, device=self.device)[None]
         masks, iou, low_res = self.predict_torch(
             coords_t,
             labels_t,
@@ -239,16 +231,6 @@ class SamPredictor:
             return_logits=return_logits,
         )
         return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
-
-    def _check_mask_input(self, mask_input: object) -> torch.Tensor:
-        m = finite_array(mask_input, "mask_input", dtype=np.float32)
-        expected = (1, *self.model.mask_input_size)
-        if m.shape != expected:
-            raise InputError(
-                f"mask_input must have shape {expected} (the low_res_logits of a previous call, "
-                f"one mask), got {m.shape}"
-            )
-        return torch.as_tensor(m, device=self.device)
 
     @torch.no_grad()
     def predict_torch(

@@ -25,7 +25,7 @@ import torch
 
 from grounded_sam.errors import InputError
 from grounded_sam.io import ImageLike, load_image
-from grounded_sam.masks import check_boxes, finite_array
+from grounded_sam.masks import check_boxes, check_prompt
 from grounded_sam.onnx import files
 from grounded_sam.onnx.runtime import session
 from grounded_sam.predictor import ImageEmbedding
@@ -389,40 +389,12 @@ class OnnxSamPredictor:
             float32, low_res_logits (C, 256, 256) float32; C is 3 or 1.
         """
         self._require_image()
-        coords = labels = b = m = None
-        if point_coords is not None or point_labels is not None:
-            if point_coords is None or point_labels is None:
-                raise InputError("point_coords and point_labels must be given together")
-            coords = finite_array(point_coords, "point_coords")
-            labels = finite_array(point_labels, "point_labels")
-            if coords.ndim != 2 or coords.shape[1] != 2:
-                raise InputError(f"point_coords must have shape (N, 2), got {coords.shape}")
-            if labels.shape != (coords.shape[0],):
-                raise InputError(
-                    f"point_labels must have shape ({coords.shape[0]},) to match point_coords, "
-                    f"got {labels.shape}"
-                )
-            if not np.isin(labels, (0, 1)).all():
-                raise InputError(
-                    "point_labels must be 1 (foreground) or 0 (background), got "
-                    f"{np.unique(labels).tolist()}"
-                )
-        if box is not None:
-            b = check_boxes(box, "box")
-            if b.shape[0] != 1:
-                raise InputError(
-                    f"predict() takes one box of shape (4,) or (1, 4), got {b.shape}; "
-                    "use predict_boxes() for several"
-                )
+        coords, labels, b, m = check_prompt(
+            point_coords, point_labels, box, mask_input, tuple(self.model.mask_input_size)
+        )
+        if b is not None:
             b = b[0]
-        if mask_input is not None:
-            m = finite_array(mask_input, "mask_input", dtype=np.float32)
-            expected = (1, *self.model.mask_input_size)
-            if m.shape != expected:
-                raise InputError(
-                    f"mask_input must have shape {expected} (the low_res_logits of a previous "
-                    f"call, one mask), got {m.shape}"
-                )
+        if m is not None:
             m = m[None]
         masks, iou, low_res = self._decode_one(coords, labels, b, m, multimask_output)
         if not return_logits:

@@ -93,7 +93,7 @@ def test_input_errors(tiny, exported):
     with pytest.raises(InputError, match="given together"):
         tiny.predict(point_coords=[[1, 2]])
     with pytest.raises(InputError, match=r"shape \(N, 2\)"):
-        tiny.predict(point_coords=[1, 2], point_labels=[1])
+        tiny.predict(point_coords=[[1, 2, 3]], point_labels=[1])
     with pytest.raises(InputError, match="1 \\(foreground\\) or 0"):
         tiny.predict(point_coords=[[1, 2]], point_labels=[2])
     with pytest.raises(InputError, match="NaN or inf"):
