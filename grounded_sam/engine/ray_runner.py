@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -222,6 +223,21 @@ def _user_error(error: BaseException) -> GroundedSAMError | None:
     return None
 
 
+def _unreachable(address: str, timeout: float = 5.0) -> str | None:
+    """Why nothing answers at ``HOST:PORT`` / ``ray://HOST:PORT`` (a TCP connection attempt),
+    or ``None`` when something does or the address is not of that form (``auto``: Ray finds
+    the cluster itself)."""
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit() or "/" in hostport:
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        return e.strerror or str(e) or type(e).__name__
+    return None
+
+
 @contextlib.contextmanager
 def _quiet_ray_data() -> Iterator[None]:
     saved = {name: logging.getLogger(name).level for name in _CHATTY_LOGGERS}
@@ -327,6 +343,15 @@ class RayRunner(Runner):
             options.update(address="local", include_dashboard=False, **self.local_options)
         else:
             options["address"] = address
+            unreachable = _unreachable(address)
+            if unreachable is not None:
+                # ray.init would retry for minutes, logging GCS timeouts, before giving up
+                source = "--ray-address" if self.address else "RAY_ADDRESS"
+                raise InputError(
+                    f"could not connect to {source} {address!r}: {unreachable}; start the "
+                    "cluster (`ray start --head` on its head node), check the host and port, "
+                    "or leave --ray-address out to start a local instance"
+                )
         try:
             ray.init(**options)
         except (ConnectionError, ValueError, RuntimeError) as e:

@@ -198,3 +198,24 @@ def test_gpu_reservations_must_match_the_device():
         RayRunner(gpus_per_actor=1)._plan(_FakeRay(8, 1), _Config("cpu"), 5, 1)
     with pytest.raises(InputError, match=r"--device cuda:0 needs --gpus-per-actor > 0"):
         RayRunner(gpus_per_actor=0)._plan(_FakeRay(8, 1), _Config("cuda:0"), 5, 1)
+
+
+def test_an_unreachable_cluster_is_one_line_at_once(tmp_path, capsys):
+    """Nothing listens at the address: a clear error within seconds (ray.init itself would
+    retry for minutes), before any image is labelled."""
+    pytest.importorskip("ray.data")
+    import socket
+    import time
+
+    with socket.socket() as s:  # a free port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_photos(tmp_path / "photos", kinds=("coffee",))
+    t0 = time.perf_counter()
+    flags = ["--engine", "ray", "--ray-address", f"127.0.0.1:{port}"]
+    rc, stdout, err = run_cli("label", _argv(tmp_path, *flags), capsys)
+    assert time.perf_counter() - t0 < 30
+    (line,) = error_lines(err)
+    assert rc == 2 and stdout == ""
+    assert line.startswith(f"error: could not connect to --ray-address '127.0.0.1:{port}': ")
+    assert line.endswith("or leave --ray-address out to start a local instance")
