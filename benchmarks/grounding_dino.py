@@ -1,7 +1,7 @@
 """Grounding DINO detector: our FastGroundingDino against transformers' model, same weights.
 
     python benchmarks/grounding_dino.py [--threads N] [--device cpu|cuda] [--quick]
-        [--repeats N] [--precision MODES] [--no-batch] [--clock wall|thread]
+        [--repeats N] [--precision MODES] [--no-batch] [--no-detector] [--clock wall|thread]
 
 Model: Grounding-DINO-tiny's shapes (``GroundingDinoConfig()``: Swin-T backbone, BERT-base
 text encoder, d_model 256, 6 + 6 layers, 900 queries, 4 levels x 4 points, 256 text tokens;
@@ -20,12 +20,19 @@ Rows (one markdown table), times are medians of interleaved runs (ours, transfor
   ratio, the largest differences of the finite logits, boxes and scores, detections kept at
   box 0.3, and peak memory (RSS above the start on CPU).
 - ``fp32, text cached``: the same with ``text_features=`` from ``encode_text``.
+- ``detector.detect``: the ``grounding-dino`` detector as users call it (preprocessing, our
+  forward with the prompt's cached text features, post-processing, phrase labels) against
+  processor -> transformers' model -> post-processing; detections compared.
 - one row per lower-precision mode (default ``int8`` on CPU, ``bf16,fp16`` on CUDA): its time
   against transformers' fp32, and box recall at IoU 0.9 against our fp32 boxes (one-to-one)
   over the three photos x three prompts, next to the recall of our fp32 with N(0, 0.001)
   noise on the pixels (a control: how much any small perturbation costs on random weights).
 - ``batch of 2``: two same-size images (chelsea and its mirror image) in one call against two
-  calls, for ours and for transformers, with the largest box difference batch vs single.
+  calls, for ours and for transformers, with the largest box difference batch vs single
+  (skipped with ``--quick``).
+
+``--quick``: one timed run per row, no warm-up, one prompt in the recall set, no batch row
+(about 3-5 minutes on 2 quiet cores).
 
 ``--clock thread`` (with ``--threads 1``) times CPU seconds of the calling thread instead of
 wall time: the cost of the work itself, stable when other processes share the cores (wall
@@ -256,6 +263,44 @@ def bench_fp32(setup: Setup, fast) -> list[dict]:
     ]  # fmt: skip
 
 
+def bench_detector(setup: Setup) -> dict:
+    """The ``grounding-dino`` detector's ``detect(image, text)`` (FastGroundingDino inside,
+    text features cached after the first call, as for every image after the first) against
+    what it ran before: processor -> transformers' model -> post-processing."""
+    from grounded_sam.detectors.grounding_dino import GroundingDinoDetector
+
+    det = GroundingDinoDetector.from_transformers(
+        setup.model, setup.processor, box_threshold=BOX_THRESHOLD, device=setup.device
+    )
+    image, prompt = photos()["chelsea"], PROMPTS[0]
+
+    @torch.inference_mode()
+    def reference() -> dict:
+        inputs = _inputs(setup, image, prompt)
+        return detections(
+            setup.processor, setup.model(**inputs), inputs["input_ids"], image.shape[:2]
+        )
+
+    ours, ref = det.detect(image, prompt), reference()
+    note = f"kept {len(ours)} vs {len(ref['scores'])}"
+    if len(ours) == len(ref["scores"]) and len(ours):
+        mine = torch.cat((torch.from_numpy(ours.boxes), torch.from_numpy(ours.scores)[:, None]), 1)
+        theirs = torch.cat((ref["boxes"].float(), ref["scores"].float()[:, None]), 1)
+        index = match_queries(mine, theirs)  # tied proposals may come out in another order
+        box_rel = (mine[index, :4] - theirs[:, :4]).abs() / theirs[:, :4].abs().clamp_min(1.0)
+        score = (mine[index, 4] - theirs[:, 4]).abs()
+        note += f"; max box diff {float(box_rel.max()):.1e} rel, scores {float(score.max()):.1e}"
+    times = setup.medians({"ours": lambda: det.detect(image, prompt), "ref": reference})
+    return dict(
+        row=f"detector.detect(chelsea, {prompt!r})",
+        ours_s=times["ours"],
+        ref_s=times["ref"],
+        mem_ours=float("nan"),
+        mem_ref=float("nan"),
+        note=note + "; ours: text cached; both: preprocessing and post-processing included",
+    )
+
+
 @dataclass
 class RecallSet:
     """Inputs and our fp32 detections for the recall measurements (photos x prompts)."""
@@ -370,7 +415,9 @@ def grounding_dino_rows(args: argparse.Namespace) -> list[dict]:
     ``mem_ref`` (MiB, NaN when not measured), ``note``.
 
     ``args`` needs ``device`` (str), ``repeats`` (int), ``warmup`` (int) and optionally
-    ``precision`` (list of modes), ``batch`` (bool), ``quick`` (bool) and ``clock`` ("wall",
+    ``precision`` (list of modes), ``detector`` (bool, default True: the detector row),
+    ``batch`` (bool, default: not ``quick``), ``quick`` (bool: one prompt for the recall
+    set, no batch row) and ``clock`` ("wall",
     default, or "thread": CPU seconds of the calling thread, for one torch thread on CPU);
     the thread count is the caller's.
     """
@@ -390,6 +437,9 @@ def grounding_dino_rows(args: argparse.Namespace) -> list[dict]:
     fast = FastGroundingDino.from_hf(setup.model)
     rows = bench_fp32(setup, fast)
     _progress(rows)
+    if getattr(args, "detector", True):
+        rows.append(bench_detector(setup))
+        _progress(rows[-1:])
     if modes:
         prompts = PROMPTS[:1] if getattr(args, "quick", False) else PROMPTS
         recall_set = RecallSet.build(setup, fast, prompts)
@@ -397,7 +447,7 @@ def grounding_dino_rows(args: argparse.Namespace) -> list[dict]:
     for mode in modes:
         rows.append(bench_precision(setup, mode, recall_set, control))
         _progress(rows[-1:])
-    if getattr(args, "batch", True):
+    if getattr(args, "batch", not getattr(args, "quick", False)):
         rows.append(bench_batch(setup, fast))
         _progress(rows[-1:])
     return rows
@@ -459,7 +509,16 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated lower-precision modes (default: int8 on CPU, bf16,fp16 on CUDA; "
         "'none' skips them)",
     )
-    parser.add_argument("--no-batch", dest="batch", action="store_false", help="skip the batch row")
+    parser.add_argument(
+        "--no-batch",
+        dest="batch",
+        action="store_false",
+        default=None,
+        help="skip the batch row (--quick skips it too)",
+    )
+    parser.add_argument(
+        "--no-detector", dest="detector", action="store_false", help="skip the detector row"
+    )
     parser.add_argument(
         "--clock",
         choices=("wall", "thread"),
@@ -476,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         parser, args, args.repeats or (1 if args.quick else 3)
     )
     args.precision = _modes(parser, args.precision, device)
+    if args.batch is None:
+        args.batch = not args.quick
     print(run.machine_line(device))
     rows = grounding_dino_rows(args)
     print(format_table(rows))
