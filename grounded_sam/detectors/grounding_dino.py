@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -236,6 +237,7 @@ class GroundingDinoDetector(BaseDetector):
         # transformers renamed box_threshold -> threshold (4.51); support both spellings.
         self._box_kw = "threshold" if "threshold" in params else "box_threshold"
         self._prompts: OrderedDict[tuple[str, ...], _EncodedPrompt] = OrderedDict()
+        self._prompts_lock = threading.Lock()  # the app may detect from several threads
         self.text_encodings = 0  # prompts encoded so far (cache misses), for tests and logs
 
     @staticmethod
@@ -429,10 +431,11 @@ class GroundingDinoDetector(BaseDetector):
         """The chunk's tokens and text features, from the cache (keyed by the phrases' text)
         or computed once: BERT runs once per prompt, not once per image."""
         key = tuple(phrases)
-        enc = self._prompts.get(key)
-        if enc is not None:
-            self._prompts.move_to_end(key)
-            return enc
+        with self._prompts_lock:
+            enc = self._prompts.get(key)
+            if enc is not None:
+                self._prompts.move_to_end(key)
+                return enc
         prompt, _ = self._prompt(phrases)
         ids, owners = self.phrase_token_indices(phrases)
         # The processor's own text path (its tokenizer settings, e.g. token_type_ids).
@@ -451,10 +454,11 @@ class GroundingDinoDetector(BaseDetector):
             None if types is None else types.to(self.device),
         )
         enc = _EncodedPrompt(key, input_ids, owners, text)
-        self._prompts[key] = enc
-        self.text_encodings += 1
-        while len(self._prompts) > _TEXT_CACHE_SIZE:
-            self._prompts.popitem(last=False)
+        with self._prompts_lock:
+            self._prompts[key] = enc
+            self.text_encodings += 1
+            while len(self._prompts) > _TEXT_CACHE_SIZE:
+                self._prompts.popitem(last=False)
         return enc
 
     def _postprocess(
