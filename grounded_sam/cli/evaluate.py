@@ -5,6 +5,7 @@ grounded-sam eval --annotations ANN.json --images DIR --detector NAME [-D KEY=VA
 grounded-sam eval --refs refs(unc).p --annotations instances.json --images DIR ...
 grounded-sam eval --images DIR --masks DIR --prompt "a cat" ...
 grounded-sam eval --config configs/eval/coco_val2017.yaml [--out DIR] [--limit N]
+grounded-sam eval --interactive --annotations ANN.json --images DIR --sam NAME --out DIR
 grounded-sam eval compare RUN_DIR... [--out DIR]
 """
 
@@ -105,6 +106,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="discard a previous run in --out instead of resuming",
     )
+    inter = parser.add_argument_group("interactive (SAM alone, no detector)")
+    inter.add_argument(
+        "--interactive",
+        action="store_true",
+        help="COCO --annotations/--images: simulated clicks per ground-truth mask (SAM "
+        "paper protocol): mIoU after 1/3/5 clicks, NoC@85/90, box-prompt mIoU; writes "
+        "interactive.json and interactive.md",
+    )
+    inter.add_argument(
+        "--max-clicks", type=_positive_int, default=20, metavar="N",
+        help="--interactive: clicks per mask at most (default 20)",
+    )  # fmt: skip
     parser.set_defaults(func=_cmd_eval)
 
     sub = parser.add_subparsers(dest="eval_command", metavar="compare")
@@ -160,6 +173,8 @@ def _print_metrics(name: str, out_dir: Path, metrics: dict[str, Any]) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.interactive:
+        return _cmd_interactive(args)
     if args.config:
         return _cmd_grid(args)
     from grounded_sam.eval.datasets import build_dataset
@@ -188,6 +203,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         dataset, pipeline, out_dir, spec=spec, oracle=oracle, overwrite=args.overwrite
     )
     _print_metrics(str(spec.name), out_dir, metrics)
+    return 0
+
+
+def _cmd_interactive(args: argparse.Namespace) -> int:
+    from grounded_sam.eval.interactive import render_interactive, run_interactive
+    from grounded_sam.model.build import build_sam
+    from grounded_sam.predictor import SamPredictor
+
+    other = [flag for flag, given in (("--config", args.config), ("--refs", args.refs),
+             ("--masks", args.masks), ("--detector", args.detector)) if given]  # fmt: skip
+    if other:
+        raise UsageError(
+            f"--interactive evaluates SAM alone on COCO --annotations/--images; drop "
+            f"{', '.join(other)}"
+        )
+    if not (args.annotations and args.images and args.out):
+        raise UsageError("--interactive needs --annotations ANN.json, --images DIR and --out DIR")
+    if args.max_clicks < 5:
+        raise UsageError(f"--max-clicks must be at least 5 (mIoU@5 needs 5), got {args.max_clicks}")
+    sam = build_sam(args.sam, checkpoint=args.sam_checkpoint, device=args.device,
+                    precision=args.precision)  # fmt: skip
+    metrics = run_interactive(args.annotations, args.images, SamPredictor(sam), args.out,
+                              limit=args.limit, max_clicks=args.max_clicks)  # fmt: skip
+    sys.stdout.write(render_interactive(metrics, f"Interactive evaluation: {args.sam}"))
+    print(
+        f"box mIoU {metrics['box_mIoU']:.3f}  mIoU@1 {metrics['mIoU@1']:.3f}  "
+        f"NoC@85 {metrics['NoC@85']:.2f}  -> {Path(args.out) / 'interactive.json'}"
+    )
     return 0
 
 
