@@ -32,6 +32,7 @@ from grounded_sam.detectors.gdino_fast import (
     unsupported_features,
 )
 from grounded_sam.testing.detectors import GDINO_WORDS, make_grounding_dino_dir, perturb_
+from grounded_sam.testing.pipeline import CallCounter
 
 BOX_THRESHOLD, TEXT_THRESHOLD = 0.3, 0.25
 
@@ -531,8 +532,6 @@ def test_detector_chunked_prompt_matches_transformers(request, photos, family) -
 def test_text_features_once_per_prompt(bert_like, photos) -> None:
     """BERT runs once per prompt (cache keyed by the phrases' text, not by object); results
     equal those of a detector with nothing cached."""
-    from grounded_sam.testing.pipeline import CallCounter
-
     processor, model = bert_like
     det = _detector(processor, model)
     images = [photos["chelsea"], photos["astronaut"], photos["coffee"]]
@@ -554,8 +553,6 @@ def test_text_features_once_per_prompt(bert_like, photos) -> None:
 def test_detect_batch_equals_one_by_one(bert_like, photos) -> None:
     """Default (CPU: one image per pass) equal bit for bit; same-size images forced into one
     pass (as on GPUs) equal to float rounding; different sizes never share a pass."""
-    from grounded_sam.testing.pipeline import CallCounter
-
     processor, model = bert_like
     det = _detector(processor, model)
     mirrored = np.ascontiguousarray(photos["chelsea"][:, ::-1])
@@ -602,6 +599,34 @@ def test_detector_precision_option(bert_like, photos) -> None:
     assert type(model.model.encoder.layers[0].deformable_layer.fc1) is torch.nn.Linear
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         _detector(processor, model, precision="fp8")
+
+
+def test_segment_batch_runs_the_detector_batch_with_text_once() -> None:
+    """GroundedSAM.segment_batch with the grounding-dino detector: one detect_batch call, the
+    prompt encoded once for every image, and the same boxes as one-by-one segment()."""
+    from grounded_sam import GroundedSAM
+    from grounded_sam.testing.pipeline import (
+        TEXT,
+        gdino_dir,
+        gdino_threshold,
+        small_astronaut,
+        small_chelsea,
+        tiny_sam,
+    )
+
+    gs = GroundedSAM(
+        "grounding-dino", tiny_sam(), model=gdino_dir(), box_threshold=gdino_threshold(2)
+    )
+    images = [small_chelsea(), small_astronaut(), small_chelsea()[:, ::-1]]
+    with CallCounter(gs.detector.runner.text_backbone, "input_ids") as bert:
+        results = gs.segment_batch(images, TEXT)
+    assert bert.calls == 1 and gs.detector.text_encodings == 1
+    assert sum(len(r) for r in results) > 0
+    for image, r in zip(images, results, strict=True):
+        one = gs.segment(image, TEXT)
+        np.testing.assert_array_equal(one.boxes, r.boxes)
+        assert one.labels == r.labels
+    assert gs.detector.text_encodings == 1
 
 
 def test_detector_falls_back_with_one_line(tmp_path, photos, caplog) -> None:
