@@ -501,17 +501,23 @@ class _SwinBlock(nn.Module):
         return mlp.view(b, -1, c)
 
 
+def _swin_body(backbone: nn.Module) -> nn.Module:
+    """The module holding ``embeddings`` and ``encoder``: ``backbone.swin`` in transformers
+    5.x, the ``SwinBackbone`` itself in 4.x."""
+    return getattr(backbone, "swin", backbone)
+
+
 def _swin_supported(backbone: nn.Module) -> bool:
     cfg = getattr(backbone, "config", None)
     try:
         return (
             type(backbone).__name__ == "SwinBackbone"
             and cfg.hidden_act == "gelu"
-            and backbone.swin.embeddings.position_embeddings is None
+            and _swin_body(backbone).embeddings.position_embeddings is None
             and all(
                 hasattr(layer, "layernorm_before")
                 and (hasattr(layer.attention, "q_proj") or hasattr(layer.attention, "self"))
-                for stage in backbone.swin.encoder.layers
+                for stage in _swin_body(backbone).encoder.layers
                 for layer in stage.blocks
             )
         )
@@ -526,7 +532,7 @@ class _FastSwin(nn.Module):
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
-        swin = backbone.swin
+        swin = _swin_body(backbone)
         self.patch = swin.embeddings.patch_embeddings.projection
         self.patch_size = tuple(swin.embeddings.patch_embeddings.patch_size)
         self.embed_norm = swin.embeddings.norm
