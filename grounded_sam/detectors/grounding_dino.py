@@ -70,6 +70,18 @@ def _looks_like_path(model: str) -> bool:
     )
 
 
+def _one_precision(precision: Any, detector_precision: Any) -> Any:
+    """``precision`` unless ``detector_precision`` (its declared alias) is given instead."""
+    if detector_precision is None:
+        return precision
+    if precision != "fp32" and precision != detector_precision:
+        raise InputError(
+            f"precision={precision!r} and detector_precision={detector_precision!r} disagree; "
+            "give one of them"
+        )
+    return detector_precision
+
+
 def _check_threshold(name: str, value: Any, *, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
@@ -98,6 +110,9 @@ class GroundingDinoDetector(BaseDetector):
             faster, less exact mode: ``"int8"`` (dynamic int8 linear layers, CPU only),
             ``"bf16"`` / ``"fp16"`` (autocast; for GPUs). Their measured effect on boxes is in
             ``docs/grounding-dino-speed.md``; check it on your data before relying on one.
+        detector_precision: the same as ``precision``, under the name the detector declares
+            (``--detector-precision``; ``GroundedSAM(..., detector_precision="int8")``, whose
+            own ``precision`` is the SAM's). Give one of the two.
 
     Attributes:
         model: transformers' ``GroundingDinoForObjectDetection`` (fp32, the loaded weights).
@@ -133,8 +148,10 @@ class GroundingDinoDetector(BaseDetector):
             unit=True,
             metavar="F",
         ),
+        # Declared as detector_precision: GroundedSAM(..., precision=) and every CLI's
+        # --precision are the SAM's, and detector options travel next to them as kwargs.
         Option(
-            "precision",
+            "detector_precision",
             str,
             "fp32",
             "fp32 (default, exact) or an opt-in faster mode: int8 (CPU), bf16/fp16 (GPU)",
@@ -154,7 +171,9 @@ class GroundingDinoDetector(BaseDetector):
         nms_threshold: float | None = None,
         device: Any = None,
         precision: str = "fp32",
+        detector_precision: str | None = None,
     ) -> None:
+        precision = _one_precision(precision, detector_precision)
         self._check_options(box_threshold, text_threshold, nms_threshold, device, precision)
         if not isinstance(model, (str, os.PathLike)):
             raise TypeError(
@@ -187,10 +206,12 @@ class GroundingDinoDetector(BaseDetector):
         nms_threshold: float | None = None,
         device: Any = None,
         precision: str = "fp32",
+        detector_precision: str | None = None,
     ) -> GroundingDinoDetector:
         """The detector around an already loaded transformers ``GroundingDinoForObjectDetection``
         and its ``GroundingDinoProcessor`` (moved to ``device``; fp32/bf16/fp16 share its
         weights, int8 quantises a copy). Options as in the constructor."""
+        precision = _one_precision(precision, detector_precision)
         det = cls.__new__(cls)
         det._check_options(box_threshold, text_threshold, nms_threshold, device, precision)
         det.processor, det.model = processor, model

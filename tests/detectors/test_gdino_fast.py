@@ -585,12 +585,14 @@ def test_detector_precision_option(bert_like, photos) -> None:
     from grounded_sam.detectors import detector_options
 
     processor, model = bert_like
-    opt = {o.name: o for o in detector_options("grounding-dino")}["precision"]
+    opt = {o.name: o for o in detector_options("grounding-dino")}["detector_precision"]
     assert opt.default == "fp32" and opt.cli_flag == "--detector-precision"
     parser = argparse.ArgumentParser()
     add_detector_args(parser)
     args = parser.parse_args(["--detector-precision", "int8"])
-    assert detector_kwargs(args) == {"precision": "int8"}
+    assert detector_kwargs(args) == {"detector_precision": "int8"}
+    args = parser.parse_args(["-D", "detector_precision=int8"])
+    assert detector_kwargs(args) == {"detector_precision": "int8"}
     fp32 = _detector(processor, model)
     int8 = _detector(processor, model, precision="int8")
     assert int8.runner.precision == "int8" and "precision='int8'" in repr(int8)
@@ -602,6 +604,9 @@ def test_detector_precision_option(bert_like, photos) -> None:
     assert type(model.model.encoder.layers[0].deformable_layer.fc1) is torch.nn.Linear
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         _detector(processor, model, precision="fp8")
+    with pytest.raises(ValueError, match="disagree"):
+        _detector(processor, model, precision="bf16", detector_precision="int8")
+    assert _detector(processor, model, detector_precision="int8").runner.precision == "int8"
 
 
 def test_segment_batch_runs_the_detector_batch_with_text_once() -> None:
@@ -630,6 +635,37 @@ def test_segment_batch_runs_the_detector_batch_with_text_once() -> None:
         np.testing.assert_array_equal(one.boxes, r.boxes)
         assert one.labels == r.labels
     assert gs.detector.text_encodings == 1
+
+
+def test_detector_precision_next_to_the_sam_precision(tmp_path, capsys) -> None:
+    """--detector-precision travels with --precision (the SAM's) through the CLI and
+    GroundedSAM; a bad value is one error line, exit 2."""
+    from grounded_sam import GroundedSAM
+    from grounded_sam.testing.pipeline import (
+        TEXT,
+        error_lines,
+        gdino_dir,
+        gdino_threshold,
+        run_cli,
+        sam_args,
+        small_chelsea,
+        tiny_sam,
+        write_png,
+    )
+
+    gs = GroundedSAM(
+        "grounding-dino", tiny_sam(), model=gdino_dir(), detector_precision="int8", device="cpu"
+    )
+    assert gs.detector.precision == "int8" and gs.detector.runner.precision == "int8"
+    image = write_png(small_chelsea(), tmp_path / "cat.png")
+    common = ["segment", image, "--text", TEXT, *sam_args(), "--precision", "fp32"]
+    common += ["--detector-model", gdino_dir(), "--box-threshold", gdino_threshold(2)]
+    rc, _, err = run_cli(common[0], [*common[1:], "--out", tmp_path / "a",
+                                     "--detector-precision", "int8"], capsys)  # fmt: skip
+    assert rc == 0, err
+    rc, _, err = run_cli(common[0], [*common[1:], "--out", tmp_path / "b",
+                                     "--detector-precision", "fp8"], capsys)  # fmt: skip
+    assert rc == 2 and len(error_lines(err)) == 1 and "fp8" in err, err
 
 
 def test_detector_falls_back_with_one_line(tmp_path, photos, caplog) -> None:
