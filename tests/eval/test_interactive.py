@@ -117,15 +117,16 @@ def test_click_loop_feeds_previous_logits_and_counts_clicks():
 
 
 def test_real_predictor_and_cli(tmp_path, capsys):
-    """End to end with the tiny random MobileSAM: figures in range, files written."""
+    """End to end with the reduced random SAM 2.1 (by name, through the CLI too): figures in
+    range, files written, detector flags refused."""
     from grounded_sam.eval.interactive import run_interactive
     from grounded_sam.predictor import SamPredictor
-    from grounded_sam.testing.pipeline import mobile_sam, mobile_sam_checkpoint
+    from grounded_sam.testing.pipeline import sam2_test_checkpoint, sam2_test_variant, tiny_sam2
     from grounded_sam.train.synthetic import write_shapes_dataset
 
     ds = write_shapes_dataset(tmp_path / "ds", n_train=1, n_val=2, size=64, seed=2)
     metrics = run_interactive(
-        ds.val, ds.images, SamPredictor(mobile_sam()), tmp_path / "out", max_clicks=6,
+        ds.val, ds.images, SamPredictor(tiny_sam2()), tmp_path / "out", max_clicks=6,
         show_progress=False,
     )  # fmt: skip
     n = len(json.loads(ds.val.read_text())["annotations"])
@@ -135,45 +136,30 @@ def test_real_predictor_and_cli(tmp_path, capsys):
     assert 1 <= metrics["NoC@85"] <= metrics["NoC@90"] <= 6
     saved = json.loads((tmp_path / "out" / "interactive.json").read_text())
     assert len(saved["per_mask"]) == n and saved["mIoU@1"] == metrics["mIoU@1"]
+    assert all(1 <= len(m["ious"]) <= 6 for m in saved["per_mask"])
     assert "NoC@85" in (tmp_path / "out" / "interactive.md").read_text()
-    rc, out, err = run_cli(
-        "eval",
-        [
-            "--interactive",
-            "--annotations",
-            ds.val,
-            "--images",
-            ds.images,
-            "--sam",
-            "mobile_sam",
-            "--sam-checkpoint",
-            mobile_sam_checkpoint(),
-            "--device",
-            "cpu",
-            "--out",
-            tmp_path / "cli",
-            "--max-clicks",
-            "6",
-        ],  # fmt: skip
-        capsys,
-    )
+    with sam2_test_variant() as name:
+        rc, out, err = run_cli(
+            "eval",
+            ["--interactive", "--annotations", ds.val, "--images", ds.images, "--sam", name,
+             "--sam-checkpoint", sam2_test_checkpoint(), "--device", "cpu",
+             "--out", tmp_path / "cli", "--max-clicks", "6"],
+            capsys,
+        )  # fmt: skip
     assert rc == 0, err
     got = json.loads((tmp_path / "cli" / "interactive.json").read_text())
     assert got["max_clicks"] == 6 and got["n_masks"] == n
+    # the same model and data: the CLI reproduces the Python figures
+    assert got["mIoU@1"] == pytest.approx(metrics["mIoU@1"], abs=1e-6)
     assert "NoC@85" in out and "box mIoU" in out
     rc, _, err = run_cli(
         "eval",
-        [
-            "--interactive",
-            "--annotations",
-            ds.val,
-            "--images",
-            ds.images,
-            "--detector",
-            "grounding-dino",
-            "--out",
-            tmp_path / "bad",
-        ],  # fmt: skip
+        ["--interactive", "--annotations", ds.val, "--images", ds.images,
+         "--detector", "grounding-dino", "--out", tmp_path / "bad"],
         capsys,
-    )
+    )  # fmt: skip
     assert rc == 2 and "--interactive" in err and not (tmp_path / "bad").exists()
+    rc, _, err = run_cli(
+        "eval", ["--interactive", "--annotations", ds.val, "--out", tmp_path / "bad"], capsys
+    )
+    assert rc == 2 and "--images" in err and not (tmp_path / "bad").exists()
