@@ -17,6 +17,14 @@ difference, peak memory (ours / reference). Rows:
   defaults); one timed run each. The difference column is the share of Meta's masks
   without a distinct partner at mask IoU >= 0.98 in ours.
 
+- ``grounding-dino detector``, ``segment end to end``, ``yolo-clip detector`` (the text path,
+  ``--no-text-path`` skips them): the grounding-dino detector's ``detect`` against
+  transformers' processor -> ``GroundingDinoForObjectDetection`` -> post-processing on a
+  Grounding-DINO-tiny-shaped random model (``benchmarks/grounding_dino.py``);
+  ``segment(image, "a cat. a dog.")`` (grounding-dino + mobile_sam) against a LangSAM-style
+  pipeline and the yolo-clip detector against ultralytics' FastSAM text prompt
+  (``benchmarks/text_path.py``).
+
 A second table covers the opt-in lower-precision modes (``build_sam(..., precision=...)``;
 default: ``int8`` on CPU, ``bf16,fp16`` on CUDA; ``--precision none`` skips it): for each SAM
 variant and mode, our encoder time in that mode against our fp32 encoder (same weights), the
@@ -71,6 +79,8 @@ class Row:
 
 
 def _mib(value: float) -> str:
+    if value != value:  # not measured
+        return "-"
     return "<1" if value < 1 else f"{value:.0f}"
 
 
@@ -319,6 +329,34 @@ def bench_precision(
     )
 
 
+def text_path_rows(device: torch.device, repeats: int, warmup: int, tmp: Path) -> list[Row]:
+    """The text path's rows (see the module docstring)."""
+    import grounding_dino as gd
+    import text_path
+
+    with tempfile.TemporaryDirectory() as ptmp:
+        processor = gd.build_processor(Path(ptmp))
+    setup = gd.Setup(processor, gd.build_model(device=device), device, repeats, warmup)
+    det = gd.bench_detector(setup)
+    del setup
+    rows = [
+        Row(
+            "grounding-dino detector, chelsea 800x1202 (vs transformers)",
+            det["ours_s"],
+            det["ref_s"],
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            note=det["note"],
+        )
+    ]
+    print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    for build in (text_path.segment_row, text_path.yolo_clip_row):
+        rows.append(build(device, repeats, warmup, tmp))
+        print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    return rows
+
+
 def machine_line(device: torch.device) -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -380,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated lower-precision modes to compare with fp32 (default: int8 on "
         "CPU, bf16,fp16 on CUDA; 'none' skips the precision table)",
     )
+    parser.add_argument(
+        "--no-text-path",
+        dest="text_path",
+        action="store_false",
+        help="skip the grounding-dino, end-to-end segment and yolo-clip rows",
+    )
     args = parser.parse_args(argv)
     device, repeats, warmup = setup_from_args(parser, args, args.repeats)
     modes = _precision_modes(parser, args.precision, device)
@@ -408,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in (1, 16):
             rows.append(bench_decoder(ours, ref, features, n, device, repeats, warmup))
         del ours, ref, features
+        if args.text_path:
+            rows += text_path_rows(device, repeats, warmup, Path(tmp))
         precision_rows = [
             bench_precision(name, checkpoint_path(name, Path(tmp)), mode, device, repeats, warmup)
             for name in REFERENCES
