@@ -63,6 +63,7 @@ def test_tiny_vit_lora_checkpoint_loads_strictly_in_meta_with_same_masks(
     _same_masks(MetaPredictor(meta.eval()), SamPredictor(ours), small_chelsea())
 
 
+@pytest.mark.slow  # MobileSAM's full TinyViT encoder, three times
 def test_mobile_sam_checkpoint_loads_in_ultralytics_with_same_masks(one_image, fast, tmp_path):
     """MobileSAM's layout, BatchNorms unfused; ultralytics' own loader reads it strictly.
     One training image: MobileSAM's encoder is the costly part here."""
@@ -121,6 +122,7 @@ def test_writer_keeps_extra_keys_and_wraps_sam2_files(tmp_path):
         write_official_checkpoint(cfg, {"not.a.key": torch.zeros(1)}, source, tmp_path / "x.pt")
 
 
+@pytest.mark.slow  # Meta's sam2 (Hydra) reference built, the reduced Hiera run several times
 def test_cli_sam2_checkpoint_loads_strictly_in_meta_sam2_with_same_masks(shapes, tmp_path, capsys):
     """The command as a user runs it, on SAM 2.1 (the reduced Hiera registered by name):
     ``{"model": ...}`` with every key of the starting file (video modules included), only the
