@@ -64,11 +64,13 @@ def test_run_writes_checkpoint_metrics_log_and_report(
 
 
 def test_same_seed_same_weights_other_seed_other_weights(
-    shapes, tiny, tiny_checkpoint, fast, tmp_path
+    one_image, tiny, tiny_checkpoint, fast, tmp_path
 ):
-    a = _run(shapes, tiny, tiny_checkpoint, tmp_path / "a", evaluate=False, **fast)
-    b = _run(shapes, tiny, tiny_checkpoint, tmp_path / "b", evaluate=False, **fast)
-    c = _run(shapes, tiny, tiny_checkpoint, tmp_path / "c", evaluate=False, **{**fast, "seed": 1})
+    a = _run(one_image, tiny, tiny_checkpoint, tmp_path / "a", evaluate=False, **fast)
+    b = _run(one_image, tiny, tiny_checkpoint, tmp_path / "b", evaluate=False, **fast)
+    c = _run(
+        one_image, tiny, tiny_checkpoint, tmp_path / "c", evaluate=False, **{**fast, "seed": 1}
+    )
     ta, tb, tc = (_tensors(r.checkpoint) for r in (a, b, c))
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     assert any(not torch.equal(ta[k], tc[k]) for k in ta)
@@ -188,18 +190,26 @@ def test_bad_inputs_leave_no_run_folder(shapes, tiny, tiny_checkpoint, fast, tmp
     assert rc == 2 and "--epochs" in err and not out.exists()
 
 
-def test_run_folder_rules(shapes, tiny, tiny_checkpoint, fast, tmp_path):
+def test_run_folder_rules(one_image, tiny, tiny_checkpoint, fast, tmp_path):
     out = tmp_path / "run"
-    _run(shapes, tiny, tiny_checkpoint, out, evaluate=False, **fast)
+    _run(one_image, tiny, tiny_checkpoint, out, evaluate=False, **fast)
     before = (out / "checkpoint.pt").stat().st_mtime_ns
     with pytest.raises(InputError, match="already holds a fine-tuning run; pass --resume"):
-        _run(shapes, tiny, tiny_checkpoint, out, evaluate=False, **fast)
+        _run(one_image, tiny, tiny_checkpoint, out, evaluate=False, **fast)
     with pytest.raises(InputError, match=r"other settings \(differs in settings\)"):
-        _run(shapes, tiny, tiny_checkpoint, out, evaluate=False, resume=True, **{**fast, "lr": 0.1})
+        _run(
+            one_image,
+            tiny,
+            tiny_checkpoint,
+            out,
+            evaluate=False,
+            resume=True,
+            **{**fast, "lr": 0.1},
+        )
     assert (out / "checkpoint.pt").stat().st_mtime_ns == before  # refused runs change nothing
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty and holds no fine-tuning run"):
-        _run(shapes, tiny, tiny_checkpoint, other, evaluate=False, **fast)
+        _run(one_image, tiny, tiny_checkpoint, other, evaluate=False, **fast)
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
