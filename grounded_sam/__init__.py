@@ -4,7 +4,7 @@ Public API (see README)::
 
     from grounded_sam import segment, GroundedSAM, Result, build_sam, list_models
     from grounded_sam import SamPredictor, AutomaticMaskGenerator, load_image, weights
-    from grounded_sam import label, merge, Labeler          # the data engine
+    from grounded_sam import label, merge, Labeler, finetune  # the data engine
     from grounded_sam import export_onnx, OnnxSamPredictor  # deployment
 
 Names are resolved lazily (PEP 562) so ``import grounded_sam`` stays cheap and has no
@@ -39,6 +39,7 @@ _EXPORTS = {
     "label": "grounded_sam.engine.run",
     "merge": "grounded_sam.engine.run",
     "Labeler": "grounded_sam.engine.labeler",
+    "finetune": "grounded_sam.train.run",
     "export_onnx": "grounded_sam.onnx.export",
     "OnnxSamPredictor": "grounded_sam.onnx.predictor",
 }
@@ -61,6 +62,7 @@ __all__ = [
     "load_image",
     "errors",
     "export_onnx",
+    "finetune",
     "label",
     "merge",
     "segment",
@@ -81,6 +83,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from grounded_sam.model.build import build_sam, list_models
     from grounded_sam.model.sam import Sam
     from grounded_sam.onnx.export import export_onnx
+    from grounded_sam.train.run import finetune
     from grounded_sam.onnx.predictor import OnnxSamPredictor
     from grounded_sam.pipeline import GroundedSAM, Result, segment
     from grounded_sam.predictor import SamPredictor
