@@ -225,3 +225,13 @@ def test_main_reads_sys_argv(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["grounded-sam", "weights", "list"])
     assert main() == 0
     assert "vit_b" in capsys.readouterr().out
+
+
+def test_test_file_names_are_unique():
+    """pytest imports test files by basename (the test folders are not packages): two files of
+    one name in different folders stop the collection of the whole suite."""
+    from collections import Counter
+    from pathlib import Path
+
+    names = Counter(p.name for p in Path(__file__).parent.rglob("test_*.py"))
+    assert [n for n, c in names.items() if c > 1] == []
