@@ -83,7 +83,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from grounded_sam.model.build import build_sam, list_models
     from grounded_sam.model.sam import Sam
     from grounded_sam.onnx.export import export_onnx
-    from grounded_sam.train.run import finetune
     from grounded_sam.onnx.predictor import OnnxSamPredictor
     from grounded_sam.pipeline import GroundedSAM, Result, segment
     from grounded_sam.predictor import SamPredictor
+    from grounded_sam.train.run import finetune
