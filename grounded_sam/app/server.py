@@ -519,6 +519,22 @@ def _load_upload(data: bytes):
 
 
 # ------------------------------------------------------------------------- running
+def tcp_socket(family: int):
+    """A TCP socket for the server to listen on, with ``SO_REUSEADDR`` and ``TCP_NODELAY``.
+
+    The protocol must be named: asyncio turns Nagle's algorithm off only on sockets whose
+    ``proto`` is ``IPPROTO_TCP``, and uvicorn writes a response's headers and body in two
+    sends, so with Nagle on every request after the first on a kept-alive connection waited
+    for the client's delayed ACK (measured 44 ms per request on loopback, 1 ms after).
+    Accepted connections inherit both the ``proto`` and the option."""
+    import socket
+
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 def serve(app, sock, *, log_level: str = "warning", on_start=None, server_box=None) -> None:
     """Run ``app`` with uvicorn on a bound, listening socket until Ctrl-C / SIGTERM (in the
     main thread) or ``server.should_exit`` (``server_box``, a list, receives the
@@ -569,8 +585,7 @@ class BackgroundServer:
         import socket
         import threading
 
-        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock = tcp_socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self._sock.bind((host, port))
         self._sock.listen(128)
         self.host = host

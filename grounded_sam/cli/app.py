@@ -124,8 +124,9 @@ def _bind(host: str, port: int) -> socket.socket:
     except socket.gaierror as e:
         raise UsageError(f"--host {host!r}: cannot resolve it ({e})") from None
     family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    from grounded_sam.app.server import tcp_socket
+
+    sock = tcp_socket(family)
     try:
         sock.bind(addr)
     except OSError as e:

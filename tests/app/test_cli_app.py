@@ -164,3 +164,40 @@ def test_argument_errors(tmp_path, capsys, argv, needle):
     lines = error_lines(err)
     assert len(lines) == 1 and needle in lines[0], err
     assert "Traceback" not in err
+
+
+def test_listening_sockets_turn_nagle_off():
+    """uvicorn sends a response's headers and body in two writes; with Nagle on, every request
+    after the first on a kept-alive connection waited for the client's delayed ACK (44 ms on
+    loopback). asyncio disables Nagle only on sockets created with proto IPPROTO_TCP, which
+    accepted connections inherit, so both the CLI's and BackgroundServer's sockets need it."""
+    from grounded_sam.app.server import BackgroundServer
+    from grounded_sam.cli.app import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    server = BackgroundServer(lambda scope, receive, send: None)
+    try:
+        for s in (sock, server._sock):
+            assert s.proto == socket.IPPROTO_TCP
+            assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        sock.close()
+        server._sock.close()
+
+
+def test_accepted_connections_have_nagle_off():
+    """What asyncio does with the listening socket's accepted connections: the server side of
+    a real connection to the app has TCP_NODELAY set."""
+    from grounded_sam.app.server import tcp_socket
+
+    listener = tcp_socket(socket.AF_INET)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname())
+    conn, _ = listener.accept()
+    try:
+        assert conn.proto == socket.IPPROTO_TCP  # the condition of asyncio's _set_nodelay
+        assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        for s in (conn, client, listener):
+            s.close()
