@@ -1,8 +1,11 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+_OMP_NUM_THREADS = os.environ.get("OMP_NUM_THREADS")
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +23,10 @@ def _same_torch_threads():
     yield
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+    # importing ultralytics directly sets OMP_NUM_THREADS=1, which every CLI subprocess a
+    # later test starts would inherit (single-threaded torch: slower, and not what users get)
+    if os.environ.get("OMP_NUM_THREADS") != _OMP_NUM_THREADS:
+        if _OMP_NUM_THREADS is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = _OMP_NUM_THREADS

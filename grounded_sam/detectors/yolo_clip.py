@@ -349,7 +349,13 @@ def _import_ultralytics() -> Any:
     ultralytics decides at import time whether it is online (a DNS probe that drives update
     checks and telemetry) from ``YOLO_OFFLINE``; it is set only while the import runs, so the
     process environment is left as it was (a user's own ``YOLO_OFFLINE`` wins).
+
+    Its import also sets ``OMP_NUM_THREADS=1`` when unset; PyTorch reads that variable for
+    every thread it has not computed on yet, so every later worker thread (the app's request
+    threads, the labelling engine's) ran single-threaded, about 2x slower on 2 cores. The
+    variable is removed again unless the user had set it.
     """
+    omp = os.environ.get("OMP_NUM_THREADS")
     try:
         with _scoped_env("YOLO_OFFLINE", "1"):
             import ultralytics
@@ -358,6 +364,9 @@ def _import_ultralytics() -> Any:
             "the 'yolo-clip' detector needs ultralytics; install it with "
             "pip install 'ultralytics>=8.1'"
         ) from e
+    finally:
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
     return ultralytics
 
 

@@ -117,6 +117,9 @@ def meta_vit_b(seed: int = 0) -> nn.Module:
 
 def meta_mobile_sam(seed: int = 0) -> nn.Module:
     """Meta's Sam wrapper with ultralytics' TinyViT: the MobileSAM reference (mobile_sam.pt keys)."""
+    from grounded_sam.detectors.yolo_clip import _import_ultralytics
+
+    _import_ultralytics()  # first, so its OMP_NUM_THREADS=1 does not stay in the environment
     from ultralytics.models.sam.build import build_mobile_sam
 
     with _seeded(seed):

@@ -203,3 +203,35 @@ def test_bad_arguments(scene, tmp_path) -> None:
     bad = StubProposer(np.zeros((1, 4), np.float32), np.zeros((1, 5, 5), bool))
     with pytest.raises(RuntimeError, match="masks of shape"):
         YoloClipDetector(yolo=bad, clip=clip).detect(img, "cat")
+
+
+_THREADS_SCRIPT = """
+import os, subprocess, sys, torch
+from grounded_sam.detectors.yolo_clip import _import_ultralytics
+_import_ultralytics()
+child = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                       capture_output=True, text=True, check=True).stdout.strip()
+print(os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads(), child)
+"""
+
+
+@pytest.mark.parametrize("user_value", [None, "2"])
+def test_importing_ultralytics_keeps_omp_num_threads(user_value):
+    """ultralytics sets OMP_NUM_THREADS=1 at import when unset. Every process started after
+    that inherits it and runs torch single-threaded: the app server started by a script
+    that had built a YOLO detector decoded clicks 2x slower. Our import removes it again, and
+    keeps a value the user set."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if user_value is not None:
+        env["OMP_NUM_THREADS"] = user_value
+    out = subprocess.run(
+        [sys.executable, "-c", _THREADS_SCRIPT], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    omp, parent, child = out.stdout.split()
+    assert omp == str(user_value)
+    assert child == parent  # a process started afterwards computes with as many threads
