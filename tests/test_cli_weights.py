@@ -38,8 +38,14 @@ def test_list_shows_every_entry_with_cache_state(mirror, home, tiny_check, capsy
     assert main(["weights", "list", "--kind", "sam", "--json"]) == 0
     records = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
     assert [r["name"] for r in records] == [
-        "vit_b", "vit_l", "vit_h", "mobile_sam",
-        "sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large",
+        "vit_b",
+        "vit_l",
+        "vit_h",
+        "mobile_sam",
+        "sam2.1_hiera_tiny",
+        "sam2.1_hiera_small",
+        "sam2.1_hiera_base_plus",
+        "sam2.1_hiera_large",
     ]
     assert records[0]["cached"] is True and records[1]["cached"] is False
     assert records[0]["url"] == f"{mirror.url}/{VIT_B}"

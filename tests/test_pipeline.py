@@ -325,7 +325,11 @@ def test_box_prompts_are_clipped_and_labelled(stub_run):
         ({"boxes": [[1, 2, 3]]}, ValueError, r"shape \(N, 4\)"),
         ({"points": [[500, 10]]}, ValueError, "outside"),
         ({"points": [[5, 5]], "point_labels": [2]}, ValueError, "1 .foreground. or 0"),
-        ({"points": [[5, 5]], "point_labels": [1, 1]}, ValueError, r"point_labels must have shape \(1,\)"),
+        (
+            {"points": [[5, 5]], "point_labels": [1, 1]},
+            ValueError,
+            r"point_labels must have shape \(1,\)",
+        ),
         ({"points": [[5, np.nan]]}, ValueError, "NaN"),
         ({"point_labels": [1]}, ValueError, "without points"),
         ({}, ValueError, "nothing to segment"),

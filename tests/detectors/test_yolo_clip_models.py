@@ -148,7 +148,10 @@ def test_clip_loading_errors(yolo_seg_pt, tiny_clip, tmp_path) -> None:
         build_detector("yolo-clip", yolo=yolo_seg_pt, clip=name, clip_pretrained=bad, **KW)
     pickled = tmp_path / "pickled.pt"
     torch.save({"w": torch.zeros(1), "obj": Image.new("RGB", (2, 2))}, pickled)
-    with pytest.raises(ValueError, match="refusing to load.*pickled objects other than tensors.*nothing in it was run"):
+    with pytest.raises(
+        ValueError,
+        match="refusing to load.*pickled objects other than tensors.*nothing in it was run",
+    ):
         build_detector("yolo-clip", yolo=yolo_seg_pt, clip=name, clip_pretrained=pickled, **KW)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
