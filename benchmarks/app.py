@@ -185,7 +185,7 @@ def click_latency(n_clicks: int = 100, seed: int = 0) -> list[dict[str, Any]]:
             inproc = _predictor_only(image_path, n=min(n_clicks, 50), seed=seed)
     return [
         {"what": "click over HTTP (cached embedding)", **_ms(http)},
-        {"what": "  of which server decoder (predict + RLE)", **_ms(decoder)},
+        {"what": "  of which server decoder (SamPredictor.predict)", **_ms(decoder)},
         {"what": "SamPredictor.predict in-process", **_ms(inproc)},
         {"what": "encoder pass (first click on the image)", **_ms([encoder_s])},
     ]
