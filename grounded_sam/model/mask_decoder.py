@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from grounded_sam.model.common import MLP, LayerNorm2d
+from grounded_sam.model.memo import memoized
 from grounded_sam.model.transformer import TwoWayTransformer
 
 __all__ = ["MaskDecoder"]
@@ -101,7 +102,8 @@ class MaskDecoder(nn.Module):
             # The broadcast no-mask embedding (an expanded view): image + dense is the same
             # for every prompt, so compute it once and let the transformer share it.
             dense = dense[:1]
-        src = image_embeddings + dense  # (1 or B, C, h, w)
+        # the same for every click on an image without a mask prompt (see model.memo)
+        src = memoized(self, "src", (image_embeddings, dense), lambda: image_embeddings + dense)
         c, h, w = src.shape[1:]
 
         hs, src = self.transformer(src, image_pe, tokens)

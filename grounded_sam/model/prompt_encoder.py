@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from grounded_sam.model.common import LayerNorm2d
+from grounded_sam.model.memo import memoized
 
 __all__ = ["PromptEncoder", "PositionEmbeddingRandom"]
 
@@ -91,8 +92,14 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image embedding grid: (1, embed_dim, h, w)."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        """Positional encoding of the image embedding grid: (1, embed_dim, h, w) (kept between
+        calls at inference, see :mod:`grounded_sam.model.memo`; do not modify it in place)."""
+        return memoized(
+            self,
+            "dense_pe",
+            (self.pe_layer.positional_encoding_gaussian_matrix,),
+            lambda: self.pe_layer(self.image_embedding_size).unsqueeze(0),
+        )
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # pixel centres

@@ -40,6 +40,7 @@ from grounded_sam.model._fused import gelu_
 from grounded_sam.model.common import MLP
 from grounded_sam.model.hiera import FpnNeck, Hiera, HieraImageEncoder, Mlp, add_nearest_2x_
 from grounded_sam.model.mask_decoder import MaskDecoder
+from grounded_sam.model.memo import memoized
 from grounded_sam.model.precision import autocast
 from grounded_sam.model.prompt_encoder import PromptEncoder
 from grounded_sam.model.sam import SamBase
@@ -148,18 +149,20 @@ class ManyToFewAttention(Attention):
 
     MAX_KEYS = 64  # beyond this, the fused kernel
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projected: dict | None = None
+    ) -> torch.Tensor:
         """(Bq, Nq, C) queries, (Bk, Nk, C) keys/values -> (max(Bq, Bk), Nq, C); a batch of 1 on
-        either side is shared by the other's."""
+        either side is shared by the other's. ``projected`` as in ``Attention.forward``."""
         nk = k.shape[1]
         if torch.is_grad_enabled() or nk > self.MAX_KEYS or v.shape[0] != k.shape[0]:
-            return super().forward(q, k, v)
+            return super().forward(q, k, v, projected)
         nh, d = self.num_heads, self.internal_dim
         hd = d // nh
         bk = k.shape[0]
-        qp = self.q_proj(q)  # (Bq, Nq, d)
-        kp = self.k_proj(k).view(bk, nk, nh, hd)
-        vp = self.v_proj(v).view(bk, nk, nh, hd)
+        qp = self.project("q", q, projected)  # (Bq, Nq, d)
+        kp = self.project("k", k, projected).view(bk, nk, nh, hd)
+        vp = self.project("v", v, projected).view(bk, nk, nh, hd)
         eye = torch.eye(nh, dtype=kp.dtype, device=kp.device)
         # keys: (Bk, nh * nk, d), row (h, j) holds k_j of head h in head h's columns, zeros
         # elsewhere; the scores come out transposed, (B, nh * nk, Nq), so the softmax over
@@ -276,7 +279,8 @@ class Sam2MaskDecoder(MaskDecoder):
         dense = dense_prompt_embeddings
         if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
             dense = dense[:1]  # the broadcast no-mask embedding: add it once
-        src = image_embeddings + dense
+        # the same for every click on an image without a mask prompt (see model.memo)
+        src = memoized(self, "src", (image_embeddings, dense), lambda: image_embeddings + dense)
         h, w = src.shape[-2:]
         hs, src = self.transformer(src, image_pe, tokens)
         iou_pred = self.iou_prediction_head(hs[:, 1, :])  # (B, 4)
@@ -334,12 +338,18 @@ class Sam2MaskDecoder(MaskDecoder):
         h, w = size
         b, t = src.shape[0], hyper_in.shape[1]
         c1, c2 = up1.weight.shape[1], up2.weight.shape[1]
-        # feat_s1[b, c, 2i+dy, 2j+dx] -> [b, (i, j), (dy, dx, c)], plus dc1's bias per (dy, dx)
-        f1 = feat_s1.reshape(-1, c1, h, 2, w, 2).permute(0, 2, 4, 3, 5, 1)
-        f1 = (f1 + up1.bias).reshape(-1, h * w, 4 * c1)
-        # feat_s0[b, c, 4i+2dy+dy2, 4j+2dx+dx2] -> [b, (i, j, dy, dx), (dy2, dx2, c)]
-        f0 = feat_s0.reshape(-1, c2, h, 2, 2, w, 2, 2).permute(0, 2, 5, 3, 6, 4, 7, 1)
-        f0 = (f0 + up2.bias).reshape(-1, h * w * 4, 4 * c2)
+
+        def reorder() -> tuple[torch.Tensor, torch.Tensor]:
+            # feat_s1[b, c, 2i+dy, 2j+dx] -> [b, (i, j), (dy, dx, c)], plus dc1's bias
+            f1 = feat_s1.reshape(-1, c1, h, 2, w, 2).permute(0, 2, 4, 3, 5, 1)
+            f1 = (f1 + up1.bias).reshape(-1, h * w, 4 * c1)
+            # feat_s0[b, c, 4i+2dy+dy2, 4j+2dx+dx2] -> [b, (i, j, dy, dx), (dy2, dx2, c)]
+            f0 = feat_s0.reshape(-1, c2, h, 2, 2, w, 2, 2).permute(0, 2, 5, 3, 6, 4, 7, 1)
+            f0 = (f0 + up2.bias).reshape(-1, h * w * 4, 4 * c2)
+            return f1, f0
+
+        # per image: every click on it reuses them (see model.memo)
+        f1, f0 = memoized(self, "high_res", (feat_s0, feat_s1, up1.bias, up2.bias), reorder)
         w1 = up1.weight.permute(0, 2, 3, 1).reshape(-1, 4 * c1)  # (C, (dy, dx, c1))
         w2 = up2.weight.permute(0, 2, 3, 1).reshape(-1, 4 * c2)  # (c1, (dy2, dx2, c2))
         in_place = not torch.is_grad_enabled()

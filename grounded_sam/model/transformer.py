@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from grounded_sam.model.common import MLPBlock
+from grounded_sam.model.memo import memoized
 
 __all__ = ["TwoWayTransformer", "Attention"]
 
@@ -58,8 +59,9 @@ class TwoWayTransformer(nn.Module):
         # A single (1, C, H, W) image embedding is shared by all B prompts: the image-side
         # projections of the first block run once (see Attention), and the keys become
         # per-prompt only after the first image->token update.
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
+        for i, layer in enumerate(self.layers):
+            # the first layer's keys are the image tokens: their projections are per image
+            queries, keys = layer(queries, keys, point_embedding, key_pe, image_keys=i == 0)
         if keys.shape[0] != queries.shape[0]:  # no layers: keys still shared
             keys = keys.expand(queries.shape[0], -1, -1)
         attn_out = self.final_attn_token_to_image(
@@ -102,7 +104,10 @@ class TwoWayAttentionBlock(nn.Module):
         keys: torch.Tensor,
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
+        image_keys: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``image_keys``: ``keys`` depend on the image alone (the first layer), so their
+        projections are kept between calls on the same image (see :mod:`..memo`)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -110,14 +115,23 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q=q, k=q, v=queries)
         queries = self.norm1(queries)
 
-        k = keys + key_pe
-        queries = self.norm2(
-            queries + self.cross_attn_token_to_image(q=queries + query_pe, k=k, v=keys)
-        )
+        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+
+        def image_side() -> tuple[torch.Tensor, dict, dict]:
+            k = keys + key_pe
+            return k, {"k": t2i.k_proj(k), "v": t2i.v_proj(keys)}, {"q": i2t.q_proj(k)}
+
+        if image_keys:
+            weights = (t2i.k_proj, t2i.v_proj, i2t.q_proj)
+            inputs = (keys, key_pe, *(p for m in weights for p in (m.weight, m.bias)))
+            k, t2i_done, i2t_done = memoized(self, "image_side", inputs, image_side)
+        else:
+            k, t2i_done, i2t_done = keys + key_pe, None, None
+        queries = self.norm2(queries + t2i(q=queries + query_pe, k=k, v=keys, projected=t2i_done))
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
+        keys = self.norm4(keys + i2t(q=k, k=q, v=queries, projected=i2t_done))
         return queries, keys
 
 
@@ -142,19 +156,30 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def project(self, which: str, x: torch.Tensor, projected: dict | None) -> torch.Tensor:
+        """``{q,k,v}_proj(x)``, or ``projected[which]`` when the caller has it already."""
+        if projected is not None and which in projected:
+            return projected[which]
+        return getattr(self, f"{which}_proj")(x)
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projected: dict | None = None
+    ) -> torch.Tensor:
         """(Bq, Nq, C) queries attend to (Bk, Nk, C) keys/values -> (B, Nq, C).
 
         Batches broadcast: a batch of 1 on either side is shared by all B of the other,
         and its projections are computed once. Shared keys are handled by stacking the
         B query sets into one sequence (softmax is per query, so this is exact).
+
+        ``projected``: ``{"q"|"k"|"v": tensor}`` projections already computed (what
+        ``q_proj(q)`` etc. return), used instead of computing them again.
         """
         bq, bk = q.shape[0], k.shape[0]
         if v.shape[0] != bk:
             raise ValueError(f"k and v batches differ: {bk} != {v.shape[0]}")
-        q = self.q_proj(q)
-        k = self._heads(self.k_proj(k))
-        v = self._heads(self.v_proj(v))
+        q = self.project("q", q, projected)
+        k = self._heads(self.project("k", k, projected))
+        v = self._heads(self.project("v", v, projected))
         if bk == 1 and bq > 1:
             nq = q.shape[1]
             out = F.scaled_dot_product_attention(self._heads(q.reshape(1, bq * nq, -1)), k, v)
