@@ -1,7 +1,7 @@
 """SAM 2.1 speed: our core against Meta's ``sam2`` on identical (random) weights.
 
     python benchmarks/sam2_speed.py [--threads N] [--device cpu|cuda] [--quick]
-                                    [--variants tiny,small] [--repeats R]
+                                    [--variants tiny,small] [--repeats R] [--bf16]
 
 Prints one markdown table (the columns of ``benchmarks/run.py``), two rows per variant:
 
@@ -10,7 +10,14 @@ Prints one markdown table (the columns of ``benchmarks/run.py``), two rows per v
   ``SAM2ImagePredictor.set_image``; the difference column is the image embedding's.
 - ``<variant> predict, 1 box``: one box prompt, single-mask output, masks at the image size,
   on the embedding set above, against Meta's ``SAM2ImagePredictor.predict``; the difference
-  is over the full-resolution mask logits.
+  is over the full-resolution mask logits. Repeated on one image, as clicks are: our
+  decoder's per-image memos (:mod:`grounded_sam.model.memo`) are filled by the first call.
+- ``<variant> predict, 1 box, first on the image``: the same with the memos dropped before
+  every call (what the first click on an image costs).
+- with ``--bf16``: ``<variant> set_image, ours bf16 vs Meta fp32 / Meta bf16``: our
+  ``precision="bf16"`` against Meta's float32 ``set_image`` and against Meta's under
+  ``torch.autocast(dtype=torch.bfloat16)``; the difference is the embedding's against Meta's
+  float32 one, the note adds the IoU of the one-box mask with our float32 mask.
 
 Times are medians of interleaved runs (ours, Meta's, ours, ...) in this process, with one
 thread count; the note gives the ratio of the fastest runs too, which is steadier on a busy
@@ -100,9 +107,14 @@ def rows(
     device: torch.device | str = "cpu",
     repeats: int = 5,
     warmup: int = 1,
+    precisions: tuple[str, ...] = (),
 ) -> list[run.Row]:
-    """Benchmark rows (``run.Row``) for each variant: set_image, then a one-box predict."""
+    """Benchmark rows (``run.Row``) for each variant: set_image, a one-box predict (repeated,
+    and the first on an image, before the decoder's per-image memos exist), and with
+    ``"bf16"`` in ``precisions`` the bf16 rows of :func:`bf16_rows`."""
     from skimage.data import chelsea
+
+    from grounded_sam.model.memo import clear_memos
 
     device = torch.device(device)
     image = chelsea()
@@ -128,6 +140,7 @@ def rows(
             ref.set_image(image)
             r_logits = ref.predict(box=BOX, multimask_output=False, return_logits=True)[0]
             o_logits = ours.predict(box=BOX, multimask_output=False, return_logits=True)[0]
+            diff = rel_diff(torch.as_tensor(r_logits), torch.as_tensor(o_logits))
             out.append(
                 _row(
                     f"{name} predict, 1 box",
@@ -136,11 +149,69 @@ def rows(
                     device,
                     max(repeats, 10),
                     warmup,
-                    rel_diff(torch.as_tensor(r_logits), torch.as_tensor(o_logits)),
+                    diff,
                 )
             )
+
+            def first_predict(o=ours):
+                clear_memos(o.model)  # as on the first click after set_image
+                return o.predict(box=BOX, multimask_output=False)
+
+            out.append(
+                _row(
+                    f"{name} predict, 1 box, first on the image",
+                    first_predict,
+                    lambda r=ref: r.predict(box=BOX, multimask_output=False),
+                    device,
+                    max(repeats, 10),
+                    warmup,
+                    diff,
+                )
+            )
+            if "bf16" in precisions:
+                out += bf16_rows(name, ours, ref, image, device, repeats, warmup, Path(tmp))
             del ours, ref
     return out
+
+
+def bf16_rows(name, ours, ref, image, device, repeats, warmup, tmp: Path) -> list[run.Row]:
+    """``build_sam(name, precision="bf16")`` (autocast; on CPUs with AMX the products run on
+    its bf16 tiles) against Meta's ``set_image`` in float32 and under ``torch.autocast`` with
+    bfloat16. The difference column is the embedding's against Meta's float32 one; the note
+    gives the IoU of the one-box masks with our float32 masks."""
+    from grounded_sam import SamPredictor, build_sam
+
+    bf16 = SamPredictor(build_sam(name, checkpoint=tmp / f"{name}.pt", device=device))
+    bf16.model.set_precision("bf16")
+    bf16.set_image(image)
+    ref.set_image(image)
+    ours.set_image(image)
+    diff = rel_diff(ref.get_image_embedding(), bf16.get_image_embedding())
+    m16 = bf16.predict(box=BOX, multimask_output=False)[0][0]
+    m32 = ours.predict(box=BOX, multimask_output=False)[0][0]
+    iou = float((m16 & m32).sum() / max(1, (m16 | m32).sum()))
+
+    def meta_autocast():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            ref.set_image(image)
+
+    rows = []
+    for label, ref_fn in (
+        ("Meta fp32", lambda: ref.set_image(image)),
+        ("Meta bf16", meta_autocast),
+    ):
+        row = _row(
+            f"{name} set_image, ours bf16 vs {label}",
+            lambda: bf16.set_image(image),
+            ref_fn,
+            device,
+            repeats,
+            warmup,
+            diff,
+        )
+        row.note += f"; box mask IoU with our fp32 {iou:.4f}"
+        rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated, from {', '.join(VARIANTS)} (default: tiny,small)",
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per side")
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also time set_image with precision='bf16' against Meta's fp32 and bf16 autocast",
+    )
     args = parser.parse_args(argv)
     device, repeats, warmup = run.setup_from_args(parser, args, args.repeats)
     names = []
@@ -160,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
         names.append(VARIANTS[v.strip()])
     print(run.machine_line(device))
-    print(run.format_table(rows(tuple(names), device, repeats, warmup)))
+    precisions = ("bf16",) if args.bf16 else ()
+    print(run.format_table(rows(tuple(names), device, repeats, warmup, precisions)))
     return 0
 
 
