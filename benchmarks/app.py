@@ -10,6 +10,9 @@ the bundled ones at full size (451x300 to 640x427).
   embedding is cached, in sessions of 1-4 clicks that pass the previous logits as
   ``mask_input``, as the page does; with the server's own decoder timing and
   ``SamPredictor.predict`` in-process (the decoder alone) for comparison.
+- ``browser_clicks``: the same kind of click sessions in the real page (headless Debian
+  Chromium through Playwright), timed by the page itself (``groundedSam.clickMs``: request
+  sent -> response -> RLE decoded -> mask drawn); Chromium shares the CPU with the server.
 - ``first_mask``: a person opens an image, clicks at once, works on it for a few seconds, moves
   to the next; the time from opening an image to its first mask, with and without the
   background prefetch (the disk embedding store off, so only prefetch differs).
@@ -18,11 +21,12 @@ the bundled ones at full size (451x300 to 640x427).
   errors (must be 0) and annotations lost (must be 0: every acknowledged annotation is in
   ``annotations.json`` afterwards, with its mask and last class).
 
-    .venv/bin/python benchmarks/app.py                  # all three
+    .venv/bin/python benchmarks/app.py                  # all four
     .venv/bin/python benchmarks/app.py --quick          # fewer clicks / images / operations
     .venv/bin/python benchmarks/app.py --screenshot docs/app.png
 
-Importable: ``click_latency()``, ``first_mask()``, ``load_test()`` return result rows (dicts);
+Importable: ``click_latency()``, ``browser_clicks()``, ``first_mask()``, ``load_test()`` return
+result rows (dicts);
 ``screenshot(path)`` saves the page as a PNG.
 """
 
@@ -189,6 +193,63 @@ def click_latency(n_clicks: int = 100, seed: int = 0) -> list[dict[str, Any]]:
         {"what": "SamPredictor.predict in-process", **_ms(inproc)},
         {"what": "encoder pass (first click on the image)", **_ms([encoder_s])},
     ]
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+def browser_clicks(n_clicks: int = 60, seed: int = 0) -> list[dict[str, Any]]:
+    """Clicks in the real page (headless Debian Chromium through Playwright) on an image whose
+    embedding is cached, in sessions of 1-4 clicks (left: object, right: background; Escape
+    ends a session); the page's own timing, ``groundedSam.clickMs``: request sent -> response
+    parsed -> RLE decoded -> mask drawn on the canvas."""
+    from playwright.sync_api import sync_playwright
+
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_photos(tmp / "images", 2)
+        with app_server(tmp / "ds", tmp / "images") as url, sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 820})
+            page.goto(url + "/")
+            page.wait_for_function("() => window.groundedSam && window.groundedSam.img !== null")
+
+            def click(fx: float, fy: float, button: str) -> None:
+                ox, oy, sc, w, h = page.evaluate(
+                    "() => { const S = window.groundedSam; "
+                    "return [S.view.ox, S.view.oy, S.view.scale, S.W, S.H]; }"
+                )
+                box = page.locator("#stage").bounding_box()
+                n = page.evaluate("() => window.groundedSam.clickMs.length")
+                page.mouse.click(box["x"] + ox + fx * w * sc, box["y"] + oy + fy * h * sc,
+                                 button=button)  # fmt: skip
+                page.wait_for_function(f"() => window.groundedSam.clickMs.length > {n}")
+
+            click(0.5, 0.5, "left")  # the first click waits for the encoder: not counted
+            page.keyboard.press("Escape")
+            with httpx_client(url) as c:
+                _wait_prefetch_idle(c)
+            page.evaluate("() => { window.groundedSam.clickMs.length = 0; }")
+            done = 0
+            while done < n_clicks:
+                for k in range(int(rng.integers(1, 5))):
+                    button = "left" if k == 0 or rng.random() < 0.7 else "right"
+                    click(float(rng.uniform(0.05, 0.95)), float(rng.uniform(0.05, 0.95)), button)
+                    done += 1
+                page.keyboard.press("Escape")
+            times = page.evaluate("() => window.groundedSam.clickMs.slice()")
+            browser.close()
+    return [{"what": "click in Chromium: request -> mask drawn", **_ms([t / 1000 for t in times])}]
+
+
+@contextlib.contextmanager
+def httpx_client(url: str):
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=300) as c:
+        yield c
 
 
 def _predictor_only(image_path: Path, n: int, seed: int) -> list[float]:
@@ -500,7 +561,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer clicks, images, operations")
     parser.add_argument(
-        "--only", choices=("clicks", "first", "load"), action="append", help="run only these"
+        "--only",
+        choices=("clicks", "browser", "first", "load"),
+        action="append",
+        help="run only these",
     )
     parser.add_argument("--screenshot", metavar="PNG", help="save the page on chelsea and exit")
     args = parser.parse_args(argv)
@@ -510,9 +574,11 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     print(f"# grounded-sam app on CPU ({torch.get_num_threads()} torch threads)\n")
-    only = set(args.only or ("clicks", "first", "load"))
+    only = set(args.only or ("clicks", "browser", "first", "load"))
     if "clicks" in only:
         print(_table(click_latency(n_clicks=30 if args.quick else 100)) + "\n", flush=True)
+    if "browser" in only:
+        print(_table(browser_clicks(n_clicks=20 if args.quick else 60)) + "\n", flush=True)
     if "first" in only:
         print(_table(first_mask(n_images=3 if args.quick else 5)) + "\n", flush=True)
     if "load" in only:

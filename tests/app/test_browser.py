@@ -138,6 +138,8 @@ def test_click_negative_click_text_accept_reload(page_of, app):
     drawn = canvas(page)
     assert changed_pixels(before, drawn) > 2000
     first = state(page, "S.draft.mask.segmentation.counts")
+    timed = state(page, "S.clickMs")  # the page's own click timing (benchmarks/app.py)
+    assert len(timed) == 1 and timed[0] > 0
     assert page.locator("#instance-list li[data-kind=draft]").count() == 1
     # a negative click refines it with the previous logits: the mask changes
     click_image(page, 0.15, 0.2, button="right")
