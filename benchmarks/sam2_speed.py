@@ -12,8 +12,9 @@ Prints one markdown table (the columns of ``benchmarks/run.py``), two rows per v
   on the embedding set above, against Meta's ``SAM2ImagePredictor.predict``; the difference
   is over the full-resolution mask logits. Repeated on one image, as clicks are: our
   decoder's per-image memos (:mod:`grounded_sam.model.memo`) are filled by the first call.
-- ``<variant> predict, 1 box, first on the image``: the same with the memos dropped before
-  every call (what the first click on an image costs).
+- ``<variant> predict, 1 box, the first after set_image``: each timed call follows an
+  untimed ``set_image`` (what the first click on an image costs; ``set_image`` prepares the
+  memos, its row includes that).
 - with ``--bf16``: ``<variant> set_image, ours bf16 vs Meta fp32 / Meta bf16``: our
   ``precision="bf16"`` against Meta's float32 ``set_image`` and against Meta's under
   ``torch.autocast(dtype=torch.bfloat16)``; the difference is the embedding's against Meta's
@@ -60,25 +61,33 @@ def timed_pair(
     device: torch.device,
     repeats: int,
     warmup: int,
+    setup: tuple[Callable[[], object], Callable[[], object]] | None = None,
 ) -> tuple[float, float, float, float]:
-    """Interleaved runs: (median ours, median ref, min ours, min ref) in seconds."""
+    """Interleaved runs: (median ours, median ref, min ours, min ref) in seconds; ``setup``
+    (ours, ref) runs untimed before each timed call."""
+
+    def call(key: str, fn: Callable[[], object]) -> float:
+        if setup is not None:
+            setup[0 if key == "ours" else 1]()
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        return time.perf_counter() - start
+
     for _ in range(warmup):
-        ours()
-        ref()
+        call("ours", ours)
+        call("ref", ref)
     times: dict[str, list[float]] = {"ours": [], "ref": []}
     for _ in range(max(1, repeats)):
         for key, fn in (("ours", ours), ("ref", ref)):
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[key].append(time.perf_counter() - start)
+            times[key].append(call(key, fn))
     med = {k: statistics.median(v) for k, v in times.items()}
     return med["ours"], med["ref"], min(times["ours"]), min(times["ref"])
 
 
-def _row(stage: str, ours, ref, device, repeats, warmup, diff: float) -> run.Row:
-    t_ours, t_ref, min_ours, min_ref = timed_pair(ours, ref, device, repeats, warmup)
+def _row(stage: str, ours, ref, device, repeats, warmup, diff: float, setup=None) -> run.Row:
+    t_ours, t_ref, min_ours, min_ref = timed_pair(ours, ref, device, repeats, warmup, setup)
     mem_ours = peak_memory_mib(ours, device)
     mem_ref = peak_memory_mib(ref, device)
     note = f"fastest runs {min_ours / min_ref:.2f}"
@@ -110,11 +119,9 @@ def rows(
     precisions: tuple[str, ...] = (),
 ) -> list[run.Row]:
     """Benchmark rows (``run.Row``) for each variant: set_image, a one-box predict (repeated,
-    and the first on an image, before the decoder's per-image memos exist), and with
+    and the first after set_image), and with
     ``"bf16"`` in ``precisions`` the bf16 rows of :func:`bf16_rows`."""
     from skimage.data import chelsea
-
-    from grounded_sam.model.memo import clear_memos
 
     device = torch.device(device)
     image = chelsea()
@@ -153,19 +160,16 @@ def rows(
                 )
             )
 
-            def first_predict(o=ours):
-                clear_memos(o.model)  # as on the first click after set_image
-                return o.predict(box=BOX, multimask_output=False)
-
             out.append(
                 _row(
-                    f"{name} predict, 1 box, first on the image",
-                    first_predict,
+                    f"{name} predict, 1 box, the first after set_image",
+                    lambda o=ours: o.predict(box=BOX, multimask_output=False),
                     lambda r=ref: r.predict(box=BOX, multimask_output=False),
                     device,
-                    max(repeats, 10),
+                    repeats,
                     warmup,
                     diff,
+                    setup=(lambda o=ours: o.set_image(image), lambda r=ref: r.set_image(image)),
                 )
             )
             if "bf16" in precisions:

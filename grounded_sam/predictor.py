@@ -157,6 +157,9 @@ class SamPredictor:
         self.orig_h, self.orig_w = embedding.original_size
         self.input_h, self.input_w = embedding.input_size
         self.is_image_set = True
+        # the image-only part of decoding, now: the first prompt then costs what later ones
+        # do (a memo hit, i.e. nothing, when this embedding was set before)
+        self.model.prepare_decoder(embedding.features, embedding.high_res)
 
     def get_embedding(self) -> ImageEmbedding:
         """The current image's embedding and sizes, for caching."""

@@ -97,13 +97,7 @@ class MaskDecoder(nn.Module):
                 f"image_embeddings batch ({image_embeddings.shape[0]}) must be 1 or match the "
                 f"number of prompts ({b})"
             )
-        dense = dense_prompt_embeddings
-        if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
-            # The broadcast no-mask embedding (an expanded view): image + dense is the same
-            # for every prompt, so compute it once and let the transformer share it.
-            dense = dense[:1]
-        # the same for every click on an image without a mask prompt (see model.memo)
-        src = memoized(self, "src", (image_embeddings, dense), lambda: image_embeddings + dense)
+        src = self.image_tokens(image_embeddings, dense_prompt_embeddings)
         c, h, w = src.shape[1:]
 
         hs, src = self.transformer(src, image_pe, tokens)
@@ -117,6 +111,32 @@ class MaskDecoder(nn.Module):
         masks = self._upscale_and_project(src, (h, w), hyper_in)
         iou_pred = self.iou_prediction_head(iou_token_out)
         return masks, iou_pred
+
+    def image_tokens(
+        self, image_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor
+    ) -> torch.Tensor:
+        """``image_embeddings + dense_prompt_embeddings`` (1 or B, C, h, w), computed once for
+        all prompts when the dense embedding is the broadcast no-mask one, and kept between
+        calls on the same image (see :mod:`grounded_sam.model.memo`)."""
+        dense = dense_prompt_embeddings
+        if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
+            # The broadcast no-mask embedding (an expanded view): image + dense is the same
+            # for every prompt, so compute it once and let the transformer share it.
+            dense = dense[:1]
+        return memoized(self, "src", (image_embeddings, dense), lambda: image_embeddings + dense)
+
+    def prepare(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        no_mask_dense: torch.Tensor,
+        high_res_features: tuple[torch.Tensor, ...] = (),
+    ) -> None:
+        """Compute what depends on the image alone (the image tokens and the first
+        transformer layer's projections of them) so that the first prompt on this image
+        costs what later ones do; autograd off. See :mod:`grounded_sam.model.memo`."""
+        src = self.image_tokens(image_embeddings, no_mask_dense)
+        self.transformer.prepare(src, image_pe)
 
     _UPSCALE_CHUNK = 1  # prompts per step of the upscaling path
 

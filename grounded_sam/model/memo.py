@@ -69,7 +69,9 @@ def _describe(t: torch.Tensor) -> tuple:
         root._version,
         root.data_ptr(),  # a swapped ``.data`` keeps the object and its version
         tuple(t.shape),
-        t.stride(),
+        # a size-1 dimension's stride does not change the values: x.expand(4, ...)[:1] and
+        # x.expand(1, ...) are the same memo
+        tuple(0 if n == 1 else st for n, st in zip(t.shape, t.stride(), strict=True)),
         t.storage_offset(),
         t.dtype,
         t.device,

@@ -162,10 +162,12 @@ class PromptEncoder(nn.Module):
             sparse = torch.cat(parts, dim=1)
         else:
             sparse = torch.empty((bs, 0, self.embed_dim), device=device)
-        if masks is not None:
-            dense = self.mask_downscaling(masks)
-        else:
-            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-                bs, -1, *self.image_embedding_size
-            )
+        dense = self.mask_downscaling(masks) if masks is not None else self.no_mask_dense(bs)
         return sparse, dense
+
+    def no_mask_dense(self, batch: int = 1) -> torch.Tensor:
+        """The dense embedding without a mask prompt: the learned no-mask embedding broadcast
+        to (batch, embed_dim, h, w), as an expanded view (no copy)."""
+        return self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+            batch, -1, *self.image_embedding_size
+        )

@@ -97,6 +97,19 @@ class SamBase(nn.Module):
         self.precision = precision
         return self
 
+    @torch.no_grad()
+    def prepare_decoder(self, embedding: torch.Tensor, high_res: tuple[torch.Tensor, ...]) -> None:
+        """Compute the decoder's per-image values for this embedding now (the positional
+        encoding, the image tokens with the no-mask embedding, the first layer's projections
+        of them, SAM 2.1's reordered high-resolution features), so the first prompt on the
+        image costs what later ones do. Nothing in the lower-precision autocast modes, where
+        the memos do not apply. See :mod:`grounded_sam.model.memo`."""
+        prepare = getattr(self.mask_decoder, "prepare", None)
+        no_mask_dense = getattr(self.prompt_encoder, "no_mask_dense", None)
+        if self.precision in ("bf16", "fp16") or prepare is None or no_mask_dense is None:
+            return  # (modules other than ours, e.g. Meta's in a parity test: nothing to keep)
+        prepare(embedding, self.prompt_encoder.get_dense_pe(), no_mask_dense(1), tuple(high_res))
+
     # ------------------------------------------------------------------ interface
     def prepare_image(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """(H, W, 3) uint8 RGB -> ((1, 3, S, S) float32 normalised input on :attr:`device`,

@@ -276,11 +276,7 @@ class Sam2MaskDecoder(MaskDecoder):
                 f"image_embeddings batch ({image_embeddings.shape[0]}) must be 1 or match the "
                 f"number of prompts ({b})"
             )
-        dense = dense_prompt_embeddings
-        if image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
-            dense = dense[:1]  # the broadcast no-mask embedding: add it once
-        # the same for every click on an image without a mask prompt (see model.memo)
-        src = memoized(self, "src", (image_embeddings, dense), lambda: image_embeddings + dense)
+        src = self.image_tokens(image_embeddings, dense_prompt_embeddings)
         h, w = src.shape[-2:]
         hs, src = self.transformer(src, image_pe, tokens)
         iou_pred = self.iou_prediction_head(hs[:, 1, :])  # (B, 4)
@@ -308,6 +304,39 @@ class Sam2MaskDecoder(MaskDecoder):
         iou = torch.where(stable, iou_pred[:, :1], iou_pred[rows, best][:, None])
         return masks, iou
 
+    def high_res_tokens(
+        self, high_res: tuple[torch.Tensor, torch.Tensor], size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``feat_s1``, ``feat_s0`` in the sub-pixel order of the upscaling products, with the
+        transposed convolutions' biases added: (B, h*w, 4*C/4) and (B, 4*h*w, 4*C/8). Per
+        image: kept between calls on it (see :mod:`grounded_sam.model.memo`)."""
+        up1, up2 = self.output_upscaling[0], self.output_upscaling[3]
+        feat_s0, feat_s1 = high_res
+        h, w = size
+        c1, c2 = up1.weight.shape[1], up2.weight.shape[1]
+
+        def reorder() -> tuple[torch.Tensor, torch.Tensor]:
+            # feat_s1[b, c, 2i+dy, 2j+dx] -> [b, (i, j), (dy, dx, c)], plus dc1's bias
+            f1 = feat_s1.reshape(-1, c1, h, 2, w, 2).permute(0, 2, 4, 3, 5, 1)
+            f1 = (f1 + up1.bias).reshape(-1, h * w, 4 * c1)
+            # feat_s0[b, c, 4i+2dy+dy2, 4j+2dx+dx2] -> [b, (i, j, dy, dx), (dy2, dx2, c)]
+            f0 = feat_s0.reshape(-1, c2, h, 2, 2, w, 2, 2).permute(0, 2, 5, 3, 6, 4, 7, 1)
+            f0 = (f0 + up2.bias).reshape(-1, h * w * 4, 4 * c2)
+            return f1, f0
+
+        return memoized(self, "high_res", (feat_s0, feat_s1, up1.bias, up2.bias), reorder)
+
+    def prepare(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        no_mask_dense: torch.Tensor,
+        high_res_features: tuple[torch.Tensor, ...] = (),
+    ) -> None:
+        super().prepare(image_embeddings, image_pe, no_mask_dense)
+        if high_res_features:
+            self.high_res_tokens(tuple(high_res_features), tuple(image_embeddings.shape[-2:]))
+
     def _stability(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, 1, h, w) logits -> (B, 1) IoU of the masks at +delta and -delta (1 if empty)."""
         flat = logits.flatten(-2)
@@ -334,22 +363,10 @@ class Sam2MaskDecoder(MaskDecoder):
         time so the per-prompt (16*h*w, C/8) features stay in cache.
         """
         up1, norm, act1, up2, act2 = self.output_upscaling
-        feat_s0, feat_s1 = high_res
         h, w = size
         b, t = src.shape[0], hyper_in.shape[1]
         c1, c2 = up1.weight.shape[1], up2.weight.shape[1]
-
-        def reorder() -> tuple[torch.Tensor, torch.Tensor]:
-            # feat_s1[b, c, 2i+dy, 2j+dx] -> [b, (i, j), (dy, dx, c)], plus dc1's bias
-            f1 = feat_s1.reshape(-1, c1, h, 2, w, 2).permute(0, 2, 4, 3, 5, 1)
-            f1 = (f1 + up1.bias).reshape(-1, h * w, 4 * c1)
-            # feat_s0[b, c, 4i+2dy+dy2, 4j+2dx+dx2] -> [b, (i, j, dy, dx), (dy2, dx2, c)]
-            f0 = feat_s0.reshape(-1, c2, h, 2, 2, w, 2, 2).permute(0, 2, 5, 3, 6, 4, 7, 1)
-            f0 = (f0 + up2.bias).reshape(-1, h * w * 4, 4 * c2)
-            return f1, f0
-
-        # per image: every click on it reuses them (see model.memo)
-        f1, f0 = memoized(self, "high_res", (feat_s0, feat_s1, up1.bias, up2.bias), reorder)
+        f1, f0 = self.high_res_tokens(high_res, size)
         w1 = up1.weight.permute(0, 2, 3, 1).reshape(-1, 4 * c1)  # (C, (dy, dx, c1))
         w2 = up2.weight.permute(0, 2, 3, 1).reshape(-1, 4 * c2)  # (c1, (dy2, dx2, c2))
         in_place = not torch.is_grad_enabled()

@@ -53,8 +53,7 @@ class TwoWayTransformer(nn.Module):
         Returns:
             queries (B, N, C) and keys (B, H*W, C).
         """
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+        keys, key_pe = _tokens(image_embedding), _tokens(image_pe)
         queries = point_embedding
         # A single (1, C, H, W) image embedding is shared by all B prompts: the image-side
         # projections of the first block run once (see Attention), and the keys become
@@ -69,6 +68,17 @@ class TwoWayTransformer(nn.Module):
         )
         queries = self.norm_final_attn(queries + attn_out)
         return queries, keys
+
+    def prepare(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> None:
+        """Compute the first layer's projections of these image tokens now (kept for the
+        calls that follow on the same image; see :mod:`grounded_sam.model.memo`)."""
+        if self.layers:
+            self.layers[0].image_side(_tokens(image_embedding), _tokens(image_pe))
+
+
+def _tokens(grid: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C) (a view where the layout allows)."""
+    return grid.flatten(2).transpose(1, 2)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -116,15 +126,8 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
-
-        def image_side() -> tuple[torch.Tensor, dict, dict]:
-            k = keys + key_pe
-            return k, {"k": t2i.k_proj(k), "v": t2i.v_proj(keys)}, {"q": i2t.q_proj(k)}
-
         if image_keys:
-            weights = (t2i.k_proj, t2i.v_proj, i2t.q_proj)
-            inputs = (keys, key_pe, *(p for m in weights for p in (m.weight, m.bias)))
-            k, t2i_done, i2t_done = memoized(self, "image_side", inputs, image_side)
+            k, t2i_done, i2t_done = self.image_side(keys, key_pe)
         else:
             k, t2i_done, i2t_done = keys + key_pe, None, None
         queries = self.norm2(queries + t2i(q=queries + query_pe, k=k, v=keys, projected=t2i_done))
@@ -133,6 +136,22 @@ class TwoWayAttentionBlock(nn.Module):
         q = queries + query_pe
         keys = self.norm4(keys + i2t(q=k, k=q, v=queries, projected=i2t_done))
         return queries, keys
+
+    def image_side(
+        self, keys: torch.Tensor, key_pe: torch.Tensor
+    ) -> tuple[torch.Tensor, dict, dict]:
+        """For keys that depend on the image alone: ``keys + key_pe`` and the projections of
+        the image tokens both cross-attentions make (``projected`` arguments), kept between
+        calls on the same image (see :mod:`grounded_sam.model.memo`)."""
+        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+
+        def compute() -> tuple[torch.Tensor, dict, dict]:
+            k = keys + key_pe
+            return k, {"k": t2i.k_proj(k), "v": t2i.v_proj(keys)}, {"q": i2t.q_proj(k)}
+
+        weights = (t2i.k_proj, t2i.v_proj, i2t.q_proj)
+        inputs = (keys, key_pe, *(p for m in weights for p in (m.weight, m.bias)))
+        return memoized(self, "image_side", inputs, compute)
 
 
 class Attention(nn.Module):

@@ -193,3 +193,40 @@ def test_memoized_rules():
         assert len(calls) == 7
     memoized(owner, "v", (x,), compute)  # autograd on: computed
     assert len(calls) == 8
+
+
+@pytest.mark.parametrize("family", SAM_FAMILIES)
+def test_set_image_prepares_the_first_click(family):
+    """set_image computes the image-only part of decoding; the first click then runs none of
+    it and gives bitwise what a fresh computation gives."""
+    pred = SamPredictor(copy.deepcopy(tiny_sam_of(family)))
+    layer = pred.model.mask_decoder.transformer.layers[0]
+    calls = []
+    handle = layer.cross_attn_token_to_image.k_proj.register_forward_hook(
+        lambda *a: calls.append(1)
+    )
+    try:
+        pred.set_image(small_chelsea())
+        assert len(calls) == 1  # prepared by set_image
+        got = pred.predict(return_logits=True, **PROMPTS["box"])
+        assert len(calls) == 1  # the first click did not project the image tokens again
+        pred.set_embedding(pred.get_embedding())  # the app's per-click call: a memo hit
+        assert len(calls) == 1
+    finally:
+        handle.remove()
+    _equal(got, _fresh(pred, **PROMPTS["box"]))
+
+
+def test_lower_precision_modes_prepare_nothing():
+    from grounded_sam.model.precision import apply_precision
+
+    model = apply_precision(copy.deepcopy(tiny_sam_of("sam")), "bf16")
+    calls = []
+    layer = model.mask_decoder.transformer.layers[0]
+    layer.cross_attn_token_to_image.k_proj.register_forward_hook(lambda *a: calls.append(1))
+    pred = SamPredictor(model)
+    pred.set_image(small_chelsea())
+    assert calls == []  # under autocast the memos do not apply: nothing computed for them
+    pred.predict(**PROMPTS["box"])
+    pred.predict(**PROMPTS["box"])
+    assert len(calls) == 2
