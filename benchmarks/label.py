@@ -67,8 +67,18 @@ def make_images(folder: Path, n: int, size: tuple[int, int] = (120, 160)) -> lis
     return out
 
 
-def _models(sam: str, sam_checkpoint: str | None, detector_model: str | None):
-    """(sam, sam_checkpoint, detector options) for the Labeler."""
+def label_config(
+    sam: str,
+    sam_checkpoint: str | None,
+    detector_model: str | None,
+    device: str | None,
+    **options: Any,
+):
+    """The ``LabelConfig`` of the labelling benchmarks: classes ``cat,dog``, Grounding DINO
+    (the tiny random one unless ``detector_model``), the SAM named ``sam`` (``"tiny"``: the
+    2-block test ViT; ``"mobile_sam"`` without a checkpoint: random MobileSAM weights);
+    ``options`` are more ``LabelConfig.create`` arguments."""
+    from grounded_sam.engine.labeler import LabelConfig
     from grounded_sam.testing.pipeline import gdino_dir, mobile_sam_checkpoint, tiny_sam
 
     if sam == "tiny":
@@ -79,8 +89,18 @@ def _models(sam: str, sam_checkpoint: str | None, detector_model: str | None):
         sam_obj, ckpt = sam, sam_checkpoint
     if detector_model is None:
         # the tiny random Grounding DINO scores every query ~0.8-0.92: keep a few per image
-        return sam_obj, ckpt, {"model": gdino_dir(), "box_threshold": 0.87}
-    return sam_obj, ckpt, {"model": detector_model}
+        det_opts = {"model": gdino_dir(), "box_threshold": 0.87}
+    else:
+        det_opts = {"model": detector_model}
+    return LabelConfig.create(
+        "cat,dog",
+        detector="grounding-dino",
+        sam=sam_obj,
+        sam_checkpoint=ckpt,
+        device=device,
+        **det_opts,
+        **options,
+    )
 
 
 def run(
@@ -96,7 +116,6 @@ def run(
     """Label ``n_images`` generated images once; one result row."""
     import torch
 
-    from grounded_sam.engine.labeler import LabelConfig
     from grounded_sam.engine.run import label_dataset
     from grounded_sam.engine.runners import LocalRunner
 
@@ -104,7 +123,6 @@ def run(
     try:
         images = tmp / "images"
         make_images(images, n_images)
-        sam_obj, ckpt, det_opts = _models(sam, sam_checkpoint, detector_model)
         samples: dict[int, tuple[float, float, float]] = {}
         marks = {10, n_images // 4, n_images // 2, 3 * n_images // 4, n_images}
 
@@ -124,15 +142,7 @@ def run(
 
                 super().run(labeler, tasks, sampled, store=store)
 
-        config = LabelConfig.create(
-            "cat,dog",
-            detector="grounding-dino",
-            sam=sam_obj,
-            sam_checkpoint=ckpt,
-            device=device,
-            candidates=candidates,
-            **det_opts,
-        )
+        config = label_config(sam, sam_checkpoint, detector_model, device, candidates=candidates)
         t0 = time.perf_counter()
         summary = label_dataset(config, images, tmp / "dataset", progress=False, runner=Sampling())
         total = time.perf_counter() - t0

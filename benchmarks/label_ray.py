@@ -45,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from label import _models, make_images  # noqa: E402  (benchmarks/label.py)
+from label import label_config, make_images  # noqa: E402  (benchmarks/label.py)
 
 OUTPUTS = ("annotations.json", "errors.json", "review.json")
 
@@ -129,7 +129,6 @@ def run(
     import ray
 
     from grounded_sam.engine import dataset as ds
-    from grounded_sam.engine.labeler import LabelConfig
     from grounded_sam.engine.ray_runner import RayRunner
     from grounded_sam.engine.runners import LocalRunner
 
@@ -138,16 +137,7 @@ def run(
     try:
         images = tmp / "images"
         make_images(images, n_images)
-        sam_obj, ckpt, det_opts = _models(sam, sam_checkpoint, detector_model)
-        config = LabelConfig.create(
-            "cat,dog",
-            detector="grounding-dino",
-            sam=sam_obj,
-            sam_checkpoint=ckpt,
-            device=device,
-            batch_size=batch_size,
-            **det_opts,
-        )
+        config = label_config(sam, sam_checkpoint, detector_model, device, batch_size=batch_size)
         t0 = time.perf_counter()
         if started_here:
             ray.init(

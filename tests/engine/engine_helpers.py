@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,34 @@ class ContentDetector:
         out = [self.detect(im, phrases) for im in images]
         self.calls -= len(images)
         return out
+
+
+LABEL_DRIVER = Path(__file__).with_name("label_driver.py")
+
+
+def label_command(photos: Path, out: Path, checkpoint: Path, *extra) -> list[str]:
+    """``grounded-sam label`` through ``label_driver.py`` (which registers the tiny SAM and
+    the content detector) on ``photos`` with their ``classes.yaml``, for a subprocess."""
+    return [
+        sys.executable,
+        str(LABEL_DRIVER),
+        "label",
+        str(photos),
+        "--classes",
+        str(photos.parent / "classes.yaml"),
+        "--out",
+        str(out),
+        "--sam",
+        TINY,
+        "--sam-checkpoint",
+        str(checkpoint),
+        "--device",
+        "cpu",
+        "--detector",
+        ContentDetector.name,
+        "--quiet",
+        *map(str, extra),
+    ]
 
 
 def photo(kind: str, size: tuple[int, int] = (96, 128)) -> np.ndarray:

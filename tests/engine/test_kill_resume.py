@@ -7,38 +7,13 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
-from engine_helpers import TINY, ContentDetector
+from engine_helpers import label_command
 
 from grounded_sam.engine import dataset as ds
-
-DRIVER = Path(__file__).with_name("label_driver.py")
-
-
-def _command(photos: Path, out: Path, checkpoint: Path) -> list[str]:
-    return [
-        sys.executable,
-        str(DRIVER),
-        "label",
-        str(photos),
-        "--classes",
-        str(photos.parent / "classes.yaml"),
-        "--out",
-        str(out),
-        "--sam",
-        TINY,
-        "--sam-checkpoint",
-        str(checkpoint),
-        "--device",
-        "cpu",
-        "--detector",
-        ContentDetector.name,
-        "--quiet",
-    ]
 
 
 def _units(out: Path) -> int:
@@ -50,7 +25,7 @@ def test_kill_9_at_a_random_moment_then_resume(reference, photos, tiny_checkpoin
     seed = int(os.environ.get("GS_KILL_SEED", time.time_ns() % 10**6))
     rng = random.Random(seed)
     out = tmp_path / "ds"
-    cmd = _command(photos, out, tiny_checkpoint)
+    cmd = label_command(photos, out, tiny_checkpoint)
     # the reference ran with this process's thread count; CPU kernels may reduce in another
     # order with another count, which changes the last float bits
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -26,7 +25,7 @@ import pytest
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
-from engine_helpers import TINY, ContentDetector  # noqa: E402
+from engine_helpers import ContentDetector, label_command  # noqa: E402
 
 from grounded_sam.engine import dataset as ds  # noqa: E402
 from grounded_sam.engine.ray_runner import RayRunner  # noqa: E402
@@ -38,7 +37,6 @@ from grounded_sam.testing.pipeline import tiny_sam  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
 HERE = Path(__file__).resolve().parent
-DRIVER = HERE / "label_driver.py"
 # every Ray process started for these tests inherits this variable: how the leftover check
 # tells ours from other Ray instances on the machine
 MARKER = "GROUNDED_SAM_RAY_TEST"
@@ -208,35 +206,6 @@ def test_a_killed_actor_is_replaced_and_no_image_is_lost_or_doubled(
     assert after and sum(w.images for w in after) >= 1, workers
 
 
-def _cli(photos: Path, out: Path, checkpoint: Path, threads: int, *extra) -> list[str]:
-    return [
-        sys.executable,
-        str(DRIVER),
-        "label",
-        str(photos),
-        "--classes",
-        str(photos.parent / "classes.yaml"),
-        "--out",
-        str(out),
-        "--sam",
-        TINY,
-        "--sam-checkpoint",
-        str(checkpoint),
-        "--device",
-        "cpu",
-        "--detector",
-        ContentDetector.name,
-        "--threads",
-        str(threads),
-        "--engine",
-        "ray",
-        "--actors",
-        "1",
-        "--quiet",
-        *map(str, extra),
-    ]
-
-
 def _env(marker: str) -> dict[str, str]:
     job = {
         "runtime_env": {
@@ -261,7 +230,9 @@ def test_driver_killed_midway_then_rerun(cluster, reference, photos, tiny_checkp
     ref, _ = reference
     threads = ds.read_manifest(ref)["threads"]
     out = tmp_path / "ds"
-    cmd = _cli(photos, out, tiny_checkpoint, threads)
+    cmd = label_command(
+        photos, out, tiny_checkpoint, "--threads", threads, "--engine", "ray", "--actors", 1
+    )
     proc = subprocess.Popen(
         [*cmd, "--ray-address", cluster],
         env=_env(uuid.uuid4().hex),
