@@ -136,7 +136,9 @@ def bench_variant(
 
     model = _model(name, tmp)
     fp32 = export_onnx(model, tmp / f"{name}_fp32", verify_outputs=False)
-    onnx_model = OnnxSam(fp32.directory, threads=threads)
+    # interleaved with PyTorch: onnxruntime's spin-waiting threads would take the cores from
+    # the PyTorch call that follows (measured: PyTorch's decoder 2x slower beside them)
+    onnx_model = OnnxSam(fp32.directory, threads=threads, spinning=False)
     image = chelsea()
     with torch.no_grad():
         x, _ = model.prepare_image(image)
@@ -160,7 +162,7 @@ def bench_variant(
     ]
     if int8:
         q = export_onnx(model, tmp / f"{name}_int8", quantize=True, verify_outputs=False)
-        q_model = OnnxSam(q.directory, threads=threads)
+        q_model = OnnxSam(q.directory, threads=threads, spinning=False)
         q_emb, _ = q_model.encode(x_np)
         iou = q.metadata["quantization"]["mask_iou_vs_fp32"]
         rows.append(

@@ -42,6 +42,9 @@ class OnnxSam:
         directory: a folder written by :func:`grounded_sam.onnx.export_onnx`.
         providers: onnxruntime execution providers (default ``["CPUExecutionProvider"]``).
         threads: intra-op threads per session (default: onnxruntime's choice).
+        spinning: onnxruntime's threads spin-wait after a run (its default); ``False`` when
+            the process computes other things between calls (see
+            :func:`grounded_sam.onnx.runtime.session`).
 
     Attributes:
         name, family (``"sam"`` / ``"sam2"``), img_size (1024), mask_input_size (256, 256),
@@ -59,6 +62,7 @@ class OnnxSam:
         *,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        spinning: bool = True,
     ) -> None:
         self.directory = Path(directory)
         meta = files.read_metadata(self.directory)
@@ -68,6 +72,7 @@ class OnnxSam:
             meta,
             providers,
             threads,
+            spinning,
         )
 
     @classmethod
@@ -84,10 +89,10 @@ class OnnxSam:
         before the folder is complete)."""
         self = cls.__new__(cls)
         self.directory = Path(encoder).parent
-        self._init(Path(encoder), Path(decoder), metadata, providers, threads)
+        self._init(Path(encoder), Path(decoder), metadata, providers, threads, True)
         return self
 
-    def _init(self, encoder, decoder, meta, providers, threads) -> None:
+    def _init(self, encoder, decoder, meta, providers, threads, spinning) -> None:
         self.metadata = meta
         self.name = meta["model"]
         self.family = meta["family"]
@@ -100,8 +105,8 @@ class OnnxSam:
         # blocks' (12, 4096, 4096) matrices) and needed once per image: without the memory
         # arena they are returned after each run instead of staying reserved (the allocation
         # costs milliseconds of a seconds-long run). The decoder runs often and small.
-        self.encoder = session(encoder, providers, threads, memory_arena=False)
-        self.decoder = session(decoder, providers, threads)
+        self.encoder = session(encoder, providers, threads, memory_arena=False, spinning=spinning)
+        self.decoder = session(decoder, providers, threads, spinning=spinning)
         self._enc_out = list(meta["encoder"]["outputs"])
         self._dec_in = list(meta["decoder"]["inputs"])
         self._dec_out = list(meta["decoder"]["outputs"])

@@ -33,6 +33,7 @@ def session(
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     memory_arena: bool = True,
+    spinning: bool = True,
 ):
     """An ``onnxruntime.InferenceSession`` of ``path``.
 
@@ -42,6 +43,11 @@ def session(
         threads: intra-op threads (default: onnxruntime's choice, one per physical core).
         memory_arena: keep onnxruntime's CPU memory arena. Off, the activations are freed
             after each run instead of staying reserved for the next one.
+        spinning: let the intra-op threads spin-wait after a run (onnxruntime's default:
+            lower latency for runs back to back). Off, they sleep at once, leaving the cores
+            to other work in the process between runs (a PyTorch detector, or PyTorch
+            itself in a benchmark: measured, spinning threads made the next PyTorch decoder
+            call on 2 cores about 2x slower).
     """
     ort = onnxruntime()
     if threads is not None and (
@@ -60,4 +66,6 @@ def session(
     options.enable_cpu_mem_arena = memory_arena
     if threads is not None:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(Path(path)), options, providers=providers)

@@ -175,3 +175,26 @@ def test_missing_onnxruntime(exported, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(MissingDependency, match=r'pip install "grounded-sam\[onnx\]"'):
         OnnxSamPredictor(folder)
+
+
+def test_spinning_off_reaches_both_sessions_and_changes_no_result(tiny, exported, photos):
+    """``spinning=False`` (what a process doing other CPU work between calls wants, and what
+    benchmarks/onnx.py uses) is set on both sessions; the masks are the same."""
+
+    def spinning(session) -> str | None:
+        try:
+            return session.get_session_options().get_session_config_entry(
+                "session.intra_op.allow_spinning"
+            )
+        except RuntimeError:  # not set: onnxruntime's default (spinning)
+            return None
+
+    calm = OnnxSam(exported("tiny_vit").directory, spinning=False)
+    assert [spinning(s) for s in (calm.encoder, calm.decoder)] == ["0", "0"]
+    assert [spinning(s) for s in (tiny.model.encoder, tiny.model.decoder)] == [None, None]
+    pred = OnnxSamPredictor(calm)
+    pred.set_image(photos("chelsea"))
+    box = np.array([50, 40, 300, 250])
+    got = pred.predict(box=box, multimask_output=False, return_logits=True)[0]
+    want = tiny.predict(box=box, multimask_output=False, return_logits=True)[0]
+    assert np.array_equal(got, want)
