@@ -204,6 +204,7 @@ def browser_clicks(n_clicks: int = 60, seed: int = 0) -> list[dict[str, Any]]:
     embedding is cached, in sessions of 1-4 clicks (left: object, right: background; Escape
     ends a session); the page's own timing, ``groundedSam.clickMs``: request sent -> response
     parsed -> RLE decoded -> mask drawn on the canvas."""
+    import httpx
     from playwright.sync_api import sync_playwright
 
     rng = np.random.default_rng(seed)
@@ -229,7 +230,7 @@ def browser_clicks(n_clicks: int = 60, seed: int = 0) -> list[dict[str, Any]]:
 
             click(0.5, 0.5, "left")  # the first click waits for the encoder: not counted
             page.keyboard.press("Escape")
-            with httpx_client(url) as c:
+            with httpx.Client(base_url=url, timeout=300) as c:
                 _wait_prefetch_idle(c)
             page.evaluate("() => { window.groundedSam.clickMs.length = 0; }")
             done = 0
@@ -242,14 +243,6 @@ def browser_clicks(n_clicks: int = 60, seed: int = 0) -> list[dict[str, Any]]:
             times = page.evaluate("() => window.groundedSam.clickMs.slice()")
             browser.close()
     return [{"what": "click in Chromium: request -> mask drawn", **_ms([t / 1000 for t in times])}]
-
-
-@contextlib.contextmanager
-def httpx_client(url: str):
-    import httpx
-
-    with httpx.Client(base_url=url, timeout=300) as c:
-        yield c
 
 
 def _predictor_only(image_path: Path, n: int, seed: int) -> list[float]:
@@ -527,12 +520,7 @@ def screenshot(path: str | Path, width: int = 1400, height: int = 820) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         root, images = screenshot_dataset(Path(tmp))
         with app_server(root, images, classes=None) as url, sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path="/usr/bin/chromium",
-                args=["--headless", "--no-sandbox", "--disable-gpu",
-                      "--disable-background-networking", "--disable-component-update",
-                      "--disable-sync", "--no-first-run"],
-            )  # fmt: skip
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(url + "/")
             page.wait_for_function("() => window.groundedSam && window.groundedSam.img !== null")
