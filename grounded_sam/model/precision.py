@@ -33,6 +33,7 @@ __all__ = [
     "autocast",
     "check_precision",
     "quantize_linears",
+    "uses_autocast",
 ]
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
@@ -78,6 +79,11 @@ def quantize_linears(module: nn.Module) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def uses_autocast(precision: str) -> bool:
+    """Whether ``precision`` runs the model under ``torch.autocast`` (bf16, fp16)."""
+    return precision in _AUTOCAST_DTYPES
 
 
 @contextlib.contextmanager

@@ -25,7 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from grounded_sam.errors import InputError
-from grounded_sam.model.precision import autocast, check_precision, quantize_linears
+from grounded_sam.model.precision import (
+    autocast,
+    check_precision,
+    quantize_linears,
+    uses_autocast,
+)
 from grounded_sam.model.transforms import ResizeLongestSide
 
 __all__ = ["SamBase", "Sam", "PIXEL_MEAN", "PIXEL_STD", "Features"]
@@ -106,7 +111,7 @@ class SamBase(nn.Module):
         the memos do not apply. See :mod:`grounded_sam.model.memo`."""
         prepare = getattr(self.mask_decoder, "prepare", None)
         no_mask_dense = getattr(self.prompt_encoder, "no_mask_dense", None)
-        if self.precision in ("bf16", "fp16") or prepare is None or no_mask_dense is None:
+        if uses_autocast(self.precision) or prepare is None or no_mask_dense is None:
             return  # (modules other than ours, e.g. Meta's in a parity test: nothing to keep)
         prepare(embedding, self.prompt_encoder.get_dense_pe(), no_mask_dense(1), tuple(high_res))
 
