@@ -20,6 +20,16 @@ Prints one markdown table (the columns of ``benchmarks/run.py``), two rows per v
   ``torch.autocast(dtype=torch.bfloat16)``; the difference is the embedding's against Meta's
   float32 one, the note adds the IoU of the one-box mask with our float32 mask.
 
+With ``--floor`` a second table gives the float32 floor of ``set_image`` on this machine:
+the FLOPs of Meta's ``set_image`` (products counted by ``torch.utils.flop_counter``, plus
+4·Lq·Lk·d per attention call, which that counter does not count on CPU) divided by the best
+float32 matrix-product rate measured here (square and Hiera-shaped ``torch.mm``), and the
+products at that rate plus the time Meta's attention calls take in torch's fused attention
+kernel (the fastest float32 attention here: an explicit softmax(QK^T)V in chunks of queries
+ran at 100-220 GFLOP/s against its 260-280 on the global-attention shapes); both against 0.5x
+Meta's median ``set_image`` from the first table. Layer norms, activations, adds and copies
+are not counted: no implementation of the same arithmetic in float32 runs faster.
+
 Times are medians of interleaved runs (ours, Meta's, ours, ...) in this process, with one
 thread count; the note gives the ratio of the fastest runs too, which is steadier on a busy
 machine. Peak memory: RSS above the start on CPU (see ``_common.peak_memory_mib``).
@@ -218,6 +228,91 @@ def bf16_rows(name, ours, ref, image, device, repeats, warmup, tmp: Path) -> lis
     return rows
 
 
+# (m, k, n) of the float32 products timed for the machine's peak rate: square ones, and the
+# widest of Hiera's (stage-3 tokens x width x MLP width, both ways round).
+PEAK_SHAPES = ((4096, 4096, 4096), (2048, 2048, 2048), (4096, 384, 1536), (4096, 1536, 384))
+
+
+def peak_gflops(shapes=PEAK_SHAPES, repeats: int = 5) -> tuple[float, tuple[int, int, int]]:
+    """The best float32 ``torch.mm`` rate (GFLOP/s) over ``shapes`` on the CPU, and its shape."""
+    best = (0.0, shapes[0])
+    for m, k, n in shapes:
+        a, b, c = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+        torch.mm(a, b, out=c)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b, out=c)
+            times.append(time.perf_counter() - start)
+        best = max(best, (2 * m * k * n / min(times) / 1e9, (m, k, n)))
+    return best
+
+
+def set_image_flops(predictor, image: np.ndarray, repeats: int = 3) -> tuple[int, int, float]:
+    """(product FLOPs, attention FLOPs, attention seconds) of ``predictor.set_image(image)``:
+    convolutions and matrix products from ``torch.utils.flop_counter``; attention as
+    4·Lq·Lk·d per ``scaled_dot_product_attention`` call (QK^T and AV); the seconds are the time
+    spent inside those calls in the fastest of ``repeats`` uncounted runs."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    attention = [0, 0.0]
+    sdpa = F.scaled_dot_product_attention
+
+    def counting(q, k, v, *args, **kwargs):
+        attention[0] += 4 * q.shape[:-2].numel() * q.shape[-2] * k.shape[-2] * q.shape[-1]
+        start = time.perf_counter()
+        out = sdpa(q, k, v, *args, **kwargs)
+        attention[1] += time.perf_counter() - start
+        return out
+
+    F.scaled_dot_product_attention = counting
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            predictor.set_image(image)
+        flops = attention[0]
+        seconds = []
+        for _ in range(repeats):
+            attention[1] = 0.0
+            with torch.no_grad():
+                predictor.set_image(image)
+            seconds.append(attention[1])
+    finally:
+        F.scaled_dot_product_attention = sdpa
+    return counter.get_total_flops(), flops, min(seconds)
+
+
+def floor_table(variants: tuple[str, ...], table: list[run.Row]) -> str:
+    """Markdown table of the float32 floor of ``set_image`` (see the module docstring), one row
+    per variant, beside 0.5x Meta's median from ``table`` (the rows of :func:`rows`)."""
+    from skimage.data import chelsea
+
+    from grounded_sam.testing.sam2_refs import meta_image_predictor, meta_sam2
+
+    rate, shape = peak_gflops()
+    meta_ms = {r.stage: r.ref_s * 1e3 for r in table}
+    lines = [
+        f"Best float32 product rate here: {rate:.0f} GFLOP/s ({'x'.join(map(str, shape))}).",
+        "",
+        "| variant | products (GFLOP) | attention (GFLOP) | all at the product rate (ms) "
+        "| products at that rate + attention kernel time (ms) | 0.5x Meta's set_image (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in variants:
+        products, attention, attention_s = set_image_flops(
+            meta_image_predictor(meta_sam2(name).eval()), chelsea()
+        )
+        at_rate = (products + attention) / (rate * 1e9) * 1e3
+        with_kernel = products / (rate * 1e9) * 1e3 + attention_s * 1e3
+        ref = meta_ms.get(f"{name} set_image")
+        goal = f"{0.5 * ref:.0f}" if ref is not None else "-"
+        lines.append(
+            f"| {name} | {products / 1e9:.1f} | {attention / 1e9:.1f} | {at_rate:.0f} "
+            f"| {with_kernel:.0f} | {goal} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     run.add_common_args(parser)
@@ -232,8 +327,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time set_image with precision='bf16' against Meta's fp32 and bf16 autocast",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also print the float32 FLOP floor of set_image at this CPU's best product rate",
+    )
     args = parser.parse_args(argv)
     device, repeats, warmup = run.setup_from_args(parser, args, args.repeats)
+    if args.floor and device.type != "cpu":
+        parser.error("--floor measures the CPU's product rate; use it with --device cpu")
     names = []
     for v in args.variants.split(","):
         if v.strip() not in VARIANTS:
@@ -241,7 +343,11 @@ def main(argv: list[str] | None = None) -> int:
         names.append(VARIANTS[v.strip()])
     print(run.machine_line(device))
     precisions = ("bf16",) if args.bf16 else ()
-    print(run.format_table(rows(tuple(names), device, repeats, warmup, precisions)))
+    table = rows(tuple(names), device, repeats, warmup, precisions)
+    print(run.format_table(table))
+    if args.floor:
+        print()
+        print(floor_table(tuple(names), table))
     return 0
 
 
