@@ -439,7 +439,9 @@ class GroundingDinoDetector(BaseDetector):
         """The processor's ``pixel_values`` ``(1, 3, H', W')`` float32 (resized, normalised)
         and ``pixel_mask`` ``(1, H', W')`` (all ones: one image, no padding), on the device."""
         img = image if image.flags.writeable else image.copy()  # the processor wants writable
-        inputs = self.processor.image_processor(images=img, return_tensors="pt")
+        inputs = self.processor.image_processor(
+            images=img, return_tensors="pt", input_data_format="channels_last"
+        )  # inferring the layout fails on images 1-4 pixels high
         mask = inputs.get("pixel_mask")
         values = inputs["pixel_values"].to(self.device)
         if mask is None:

@@ -1,8 +1,8 @@
 """Builders of tiny random models saved in their official on-disk formats.
 
-Plain functions (no pytest) so other test packages can reuse them from their conftests:
+Plain functions (no pytest), for the tests, the benchmarks and your own offline checks:
 
-    from tests.detectors._models import make_grounding_dino_dir, make_yolo_seg_pt, make_clip_state_dict
+    from grounded_sam.testing.detectors import make_clip_state_dict, make_grounding_dino_dir
 
 Every parameter is perturbed (zero-initialised ones too) so no code path hides behind zeros.
 """
@@ -165,14 +165,26 @@ def make_yolo_seg_pt(
 
 def register_tiny_clip(name: str = "gs-test-tiny-clip") -> str:
     """Register :data:`TINY_CLIP_CFG` with open_clip under ``name`` (idempotent); returns ``name``."""
+    import hashlib
     import json
     import tempfile
 
     import open_clip
 
     if name not in open_clip.list_models():
-        cfg_dir = Path(tempfile.mkdtemp(prefix="gs_clip_cfg_"))
-        (cfg_dir / f"{name}.json").write_text(json.dumps(TINY_CLIP_CFG))
+        # One folder per user and config, reused by every process: open_clip rescans the
+        # folders it was given on each registration, so the file must outlive this call (a
+        # fresh temporary folder per process piled up in /tmp).
+        text = json.dumps(TINY_CLIP_CFG)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        cfg_dir = Path(tempfile.gettempdir()) / f"gs_clip_cfg_{uid}_{digest}"
+        cfg_dir.mkdir(exist_ok=True)
+        path = cfg_dir / f"{name}.json"
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)  # atomic: a concurrent process never reads half a file
         open_clip.add_model_config(cfg_dir)
     return name
 

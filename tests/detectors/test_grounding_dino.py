@@ -213,3 +213,18 @@ def test_cuda_matches_cpu(det, gdino_dir, small_chelsea) -> None:
     np.testing.assert_allclose(sure_b.boxes, sure_a.boxes, atol=0.05)
     np.testing.assert_allclose(sure_b.scores, sure_a.scores, atol=1e-3)
     assert sure_b.labels == sure_a.labels
+
+
+@pytest.mark.parametrize("shape", [(1, 300, 3), (4, 300, 3), (3, 3, 3), (300, 2, 3)])
+def test_thin_and_tiny_images(gdino_dir, shape) -> None:
+    """Images 1-4 pixels on a side: transformers guesses the channel axis from the shape
+    (a (4, 300, 3) array looked channels-first); the layout is passed, so they detect."""
+    det = build_detector("grounding-dino", model=gdino_dir, box_threshold=0.0, device="cpu")
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    dets = det.detect(image, "a cat")
+    assert len(dets) > 0 and np.isfinite(dets.boxes).all()
+    # boxes in pixels of this image (not clipped, as transformers' post-processing): their
+    # centres lie within it
+    h, w = shape[:2]
+    cx, cy = dets.boxes[:, [0, 2]].mean(1), dets.boxes[:, [1, 3]].mean(1)
+    assert ((cx >= 0) & (cx <= w) & (cy >= 0) & (cy <= h)).all()
