@@ -74,7 +74,9 @@ def _check_real(
         raise InputError(f"{name} must be finite, got {value}")
     too_high = hi is not None and (v >= hi if hi_open else v > hi)
     if (lo is not None and v < lo) or too_high:
-        rng = f"[{lo}, {hi})" if hi_open else f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        if hi is None:
+            raise InputError(f"{name} must be >= {lo}, got {value}")
+        rng = f"[{lo}, {hi})" if hi_open else f"[{lo}, {hi}]"
         raise InputError(f"{name} must be in {rng}, got {value}")
     return v
 

@@ -88,7 +88,9 @@ def test_bad_file_alone_and_bad_knob(tmp_path, capsys):
     rc, _, err = run_cli([good, *sam_args(), "--points-per-side", "0", "--out", out], capsys)
     assert rc == 2
     assert error_lines(err) == [line for line in err.splitlines() if line]  # one error line only
-    assert "points_per_side" in err and not (out / "cat").exists()
+    assert err == "error: --points-per-side must be >= 1, got 0\n" and not (out / "cat").exists()
+    rc, _, err = run_cli([good, *sam_args(), "--min-area", "-3", "--out", out], capsys)
+    assert rc == 2 and err == "error: --min-area must be >= 0.0, got -3.0\n"
 
     rc, _, err = run_cli([good, "--sam-checkpoint", tmp_path / "missing.pt", "--out", out], capsys)
     assert rc == 2 and "missing.pt" in err

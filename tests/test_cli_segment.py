@@ -273,3 +273,21 @@ def test_real_entry_point_bad_input(tmp_path):
     errors = error_lines(proc.stderr)
     assert len(errors) == 1 and "not found" in errors[0] and "nope.png" in errors[0]
     assert not out.exists() or entries(out) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["segment", "x.png", "--foo", "--out", "o"], "grounded-sam segment --help"),
+        (["label", "photos", "--classes", "cat", "--out", "o", "--foo"], "grounded-sam label --help"),
+        (["weights", "list", "--foo"], "grounded-sam weights --help"),
+    ],
+)
+def test_unknown_option_points_to_the_subcommand_help(argv, hint, capsys):
+    from grounded_sam.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err == f"error: unrecognized arguments: --foo (see `{hint}`)\n"

@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         mod.add_parser(sub)
+    parser.commands = sub.choices  # name -> subcommand parser, for the errors of main()
     return parser
 
 
@@ -94,7 +95,12 @@ def attach_negative_values(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
+    args, extra = parser.parse_known_args(
+        attach_negative_values(sys.argv[1:] if argv is None else argv)
+    )
+    if extra:  # reported by the subcommand's parser, whose --help lists its options
+        command = parser.commands.get(getattr(args, "command", None), parser)
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = bool(getattr(args, "debug", False))
     try:
         code = args.func(args)

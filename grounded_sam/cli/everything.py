@@ -27,6 +27,7 @@ from grounded_sam.cli._common import (
     detector_kwargs,
     run_per_image,
 )
+from grounded_sam.errors import InputError
 
 __all__ = ["add_parser", "name_masks", "records_to_result"]
 
@@ -148,7 +149,14 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_args(args)
     knobs = {k: getattr(args, k) for _, k, _, _ in _KNOBS if getattr(args, k) is not None}
     # validate the knobs before loading any weights (InputError names the knob -> exit 2)
-    AutomaticMaskGenerator.validate_knobs(**knobs)
+    try:
+        AutomaticMaskGenerator.validate_knobs(**knobs)
+    except InputError as e:  # name the flag, not the Python keyword
+        message = str(e)
+        for flag, knob, _, _ in _KNOBS:
+            if message.startswith(f"{knob} "):
+                message = flag + message[len(knob) :]
+        raise UsageError(message) from None
     phrases = None
     if args.text is not None:
         from grounded_sam.phrases import parse_phrases

@@ -8,6 +8,7 @@ grounded-sam finetune --annotations TRAIN.json --images DIR --sam NAME [--sam-ch
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from grounded_sam.cli._common import UsageError, add_debug_arg
@@ -133,7 +134,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--no-eval", action="store_true", help="skip the before/after interactive evaluation"
     )
     run.add_argument(
-        "--max-clicks", type=_int(5), default=20, help="clicks per mask in the evaluation (20)"
+        "--max-clicks",
+        type=_int(5),
+        default=20,
+        help="clicks per mask in the evaluation, at least 5 (20, the SAM paper's)",
     )
     parser.set_defaults(func=_cmd_finetune)
     return parser
@@ -141,7 +145,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from grounded_sam.train.loop import FinetuneConfig
-    from grounded_sam.train.run import finetune
+    from grounded_sam.train.run import STATE, finetune
 
     if args.val_images and not args.val_annotations:
         raise UsageError("--val-images needs --val-annotations")
@@ -159,21 +163,29 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         amp=args.amp,
         save_every=args.save_every,
     )
-    result = finetune(
-        args.annotations,
-        args.images,
-        args.out,
-        sam=args.sam,
-        sam_checkpoint=args.sam_checkpoint,
-        val_annotations=args.val_annotations,
-        val_images=args.val_images,
-        config=config,
-        resume=args.resume,
-        device=args.device,
-        evaluate=not args.no_eval,
-        val_limit=args.val_limit,
-        max_clicks=args.max_clicks,
-    )
+    try:
+        result = finetune(
+            args.annotations,
+            args.images,
+            args.out,
+            sam=args.sam,
+            sam_checkpoint=args.sam_checkpoint,
+            val_annotations=args.val_annotations,
+            val_images=args.val_images,
+            config=config,
+            resume=args.resume,
+            device=args.device,
+            evaluate=not args.no_eval,
+            val_limit=args.val_limit,
+            max_clicks=args.max_clicks,
+        )
+    except KeyboardInterrupt:
+        if (Path(args.out) / STATE).exists():
+            sys.stderr.write(
+                f"interrupted: {args.out} keeps the last saved step; run the same command with "
+                "--resume to continue from it\n"
+            )
+        raise
     m = result.metrics
     print(f"checkpoint: {result.checkpoint}")
     if m.get("before") and m.get("after"):

@@ -10,11 +10,15 @@ from grounded_sam.eval.interactive import CLICKS_REPORTED, NOC_THRESHOLDS
 
 __all__ = ["plot_loss", "read_log", "render_report"]
 
-_KEYS = [
-    ("box_mIoU", "box-prompt mIoU", True),
-    *((f"mIoU@{k}", f"mIoU after {k} click{'s' if k > 1 else ''}", True) for k in CLICKS_REPORTED),
-    *((f"NoC@{round(t * 100)}", f"NoC@{round(t * 100)} (clicks, max 20)", False) for t in NOC_THRESHOLDS),
-]  # fmt: skip
+
+def _keys(max_clicks: int) -> list[tuple[str, str, bool]]:
+    """(metrics key, row label, higher is better) of the before/after table."""
+    return [
+        ("box_mIoU", "box-prompt mIoU", True),
+        *((f"mIoU@{k}", f"mIoU after {k} click{'s' if k > 1 else ''}", True) for k in CLICKS_REPORTED),
+        *((f"NoC@{round(t * 100)}", f"NoC@{round(t * 100)} (clicks, max {max_clicks})", False)
+          for t in NOC_THRESHOLDS),
+    ]  # fmt: skip
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -105,7 +109,7 @@ def render_report(metrics: dict[str, Any], loss_png: str | None) -> str:
             "| metric | before | after | change |",
             "|---|---:|---:|---:|",
         ]
-        for key, label, higher in _KEYS:
+        for key, label, higher in _keys(metrics.get("max_clicks", 20)):
             b, a = before.get(key), after.get(key)
             delta = (
                 "n/a" if a is None or b is None else f"{a - b:+.3f}" if higher else f"{a - b:+.2f}"

@@ -56,7 +56,8 @@ def test_run_writes_checkpoint_metrics_log_and_report(
     assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in log)
     assert {"focal", "dice", "iou_mse", "lr", "iou_first_round", "grad_norm"} <= set(log[0])
     report = (out / "report.md").read_text()
-    assert "| box-prompt mIoU |" in report and "NoC@85" in report and "loss.png" in report
+    assert "| box-prompt mIoU |" in report and "loss.png" in report
+    assert "| NoC@85 (clicks, max 5) |" in report and "max 20" not in report  # max_clicks=5
     assert Image.open(out / "loss.png").size[0] > 300
     assert len(list((out / "cache" / "embeddings").glob("*.pt"))) == 6  # 4 train + 2 val
     model = load_model(tiny, res.checkpoint, "cpu")  # strict
@@ -213,3 +214,24 @@ def test_run_folder_rules(one_image, tiny, tiny_checkpoint, fast, tmp_path):
     with pytest.raises(InputError, match="not empty and holds no fine-tuning run"):
         _run(one_image, tiny, tiny_checkpoint, other, evaluate=False, **fast)
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("saved", [True, False])
+def test_ctrl_c_says_how_to_resume(shapes, tmp_path, monkeypatch, capsys, saved):
+    """Ctrl-C during ``grounded-sam finetune``: exit 130; when a step was saved, a line on
+    stderr says to rerun with --resume (nothing to resume from otherwise)."""
+    import grounded_sam.train.run as train_run
+
+    out = tmp_path / "run"
+
+    def interrupted(*args, **kwargs):
+        out.mkdir()
+        if saved:
+            (out / train_run.STATE).write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_run, "finetune", interrupted)
+    rc, _, err = run_cli("finetune", ["--annotations", shapes.train, "--images", shapes.images,
+                                      "--out", out], capsys)  # fmt: skip
+    assert rc == 130 and err.endswith("error: interrupted\n")
+    assert ("run the same command with --resume" in err) == saved
