@@ -93,3 +93,14 @@ def test_bad_input_exits_2_with_one_error_line(mirror, home, tiny_check, monkeyp
     assert main(["weights", "download", "vit_b"]) == 2
     assert "not a readable torch checkpoint" in capsys.readouterr().err
     assert cache_files(home) == []
+
+
+def test_one_failed_download_does_not_stop_the_others(mirror, home, tiny_check, capsys):
+    mirror.files["mobile_sam.pt"] = to_bytes(tiny_state_dict())  # vit_b is not on the mirror
+    assert main(["weights", "download", "vit_b", "mobile_sam"]) == 2
+    out = capsys.readouterr()
+    assert out.out.split() == [str(home / "mobile_sam.pt")]
+    lines = out.err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: vit_b: ")
+    assert lines[1] == "error: 1 of 2 not downloaded: vit_b"
+    assert "mobile_sam.pt" in cache_files(home) and not any("vit_b" in f for f in cache_files(home))

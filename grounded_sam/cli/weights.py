@@ -7,6 +7,7 @@ import json
 import sys
 
 from grounded_sam.cli._common import UsageError, add_debug_arg
+from grounded_sam.errors import GroundedSAMError
 
 __all__ = ["add_parser"]
 
@@ -126,18 +127,28 @@ def _cmd_download(args: argparse.Namespace) -> int:
     for name in names:  # unknown names fail before anything is downloaded
         weights.get(name)
     chatty = sys.stderr.isatty()  # the source line goes with the progress bar, on terminals
-    for name in names:
+    failed = []
+    for name in names:  # one failure does not stop the others
         entry = weights.get(name)
-        if entry.kind in ("sam", "yolo"):
-            if chatty:
-                sys.stderr.write(f"{name}: {weights.url_for(name)}\n")
-            local = weights.fetch(name, force=args.force)
-        else:
-            if chatty:
-                sys.stderr.write(f"{name}: {entry.kind} hub {entry.hub_id}\n")
-            local = weights.fetch(name)
+        try:
+            if entry.kind in ("sam", "yolo"):
+                if chatty:
+                    sys.stderr.write(f"{name}: {weights.url_for(name)}\n")
+                local = weights.fetch(name, force=args.force)
+            else:
+                if chatty:
+                    sys.stderr.write(f"{name}: {entry.kind} hub {entry.hub_id}\n")
+                local = weights.fetch(name)
+        except GroundedSAMError as e:
+            sys.stderr.write(f"error: {name}: {e}\n")
+            failed.append(name)
+            continue
         print(local, flush=True)
-    return 0
+    if failed and len(names) > 1:
+        sys.stderr.write(
+            f"error: {len(failed)} of {len(names)} not downloaded: {', '.join(failed)}\n"
+        )
+    return 2 if failed else 0
 
 
 def _cmd_path(args: argparse.Namespace) -> int:
