@@ -15,12 +15,14 @@ for it.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
+import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,22 @@ class _EncodedPrompt:
     input_ids: Any  # (1, T) int64 tensor on the detector's device
     owners: list[list[int]]  # per phrase, the indices of its tokens
     text: Any  # TextFeatures
+
+
+@contextlib.contextmanager
+def _quiet_loading_bar() -> Iterator[None]:
+    """transformers 5 draws a "Loading weights" bar for a local folder, which only fills logs:
+    off while loading unless stderr is a terminal (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    if sys.stderr.isatty() or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def _import_transformers() -> Any:
@@ -176,7 +194,7 @@ class GroundingDinoDetector(BaseDetector):
         precision = _one_precision(precision, detector_precision)
         self._check_options(box_threshold, text_threshold, nms_threshold, device, precision)
         if not isinstance(model, (str, os.PathLike)):
-            raise TypeError(
+            raise InputError(
                 f"model must be a hub id or a local directory path, got {type(model).__name__}"
             )
         transformers = _import_transformers()
@@ -185,7 +203,8 @@ class GroundingDinoDetector(BaseDetector):
         folder = source if isinstance(source, Path) else self._fetch(source)
         try:
             loaders = (transformers.AutoProcessor, transformers.AutoModelForZeroShotObjectDetection)
-            self.processor, self.model = (cls.from_pretrained(folder) for cls in loaders)
+            with _quiet_loading_bar():
+                self.processor, self.model = (cls.from_pretrained(folder) for cls in loaders)
         except Exception as e:
             raise InputError(
                 f"could not load a Grounding DINO model from {str(folder)!r} "

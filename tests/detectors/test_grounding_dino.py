@@ -163,7 +163,7 @@ def test_missing_dir_and_bad_args(gdino_dir, tmp_path) -> None:
     for kw in ({"box_threshold": 1.5}, {"text_threshold": -0.1}, {"nms_threshold": "0.5"}):
         with pytest.raises(ValueError, match="must be a number in"):
             build_detector("grounding-dino", model=gdino_dir, **kw)
-    with pytest.raises(TypeError, match="hub id or a local directory"):
+    with pytest.raises(InputError, match="hub id or a local directory"):
         build_detector("grounding-dino", model=3)
 
 
@@ -228,3 +228,20 @@ def test_thin_and_tiny_images(gdino_dir, shape) -> None:
     h, w = shape[:2]
     cx, cy = dets.boxes[:, [0, 2]].mean(1), dets.boxes[:, [1, 3]].mean(1)
     assert ((cx >= 0) & (cx <= w) & (cy >= 0) & (cy <= h)).all()
+
+
+def test_loading_draws_no_progress_bar_into_logs(gdino_dir, capfd) -> None:
+    """stderr not a terminal (a log, CI): transformers' "Loading weights" bar stays off, and
+    its progress-bar switch is left as it was."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+    try:
+        capfd.readouterr()
+        build_detector("grounding-dino", model=gdino_dir, device="cpu")
+        assert "Loading weights" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        if not was:
+            hf_logging.disable_progress_bar()
