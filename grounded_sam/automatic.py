@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from numbers import Integral, Real
 from typing import Any
 
@@ -287,11 +288,15 @@ class AutomaticMaskGenerator:
 
     # ------------------------------------------------------------------ public
     @torch.no_grad()
-    def generate(self, image: ImageLike) -> list[dict[str, Any]]:
+    def generate(
+        self, image: ImageLike, progress: Callable[[int, int], None] | None = None
+    ) -> list[dict[str, Any]]:
         """Segment everything in ``image``.
 
         Args:
             image: HxWx3 uint8 RGB array, PIL image or path (see :func:`grounded_sam.load_image`).
+            progress: called as ``progress(done, total)`` after each batch of points is
+                decoded (``total`` batches over all crops), e.g. to drive a progress bar.
         Returns:
             One dict per mask, as Meta's generator: ``segmentation`` ((H, W) bool array, or an
             RLE dict by ``output_mode``), ``area`` (int px), ``bbox`` (XYWH, ints, Meta's
@@ -299,7 +304,7 @@ class AutomaticMaskGenerator:
             the prompt), ``stability_score`` (float), ``crop_box`` (XYWH ints of the crop).
         """
         image = load_image(image)
-        data = self._generate(image)
+        data = self._generate(image, progress)
         masks = data.pop("masks")
         if self.min_mask_region_area > 0 and len(masks):
             masks, keep = self._clean_small_regions(masks, data)
@@ -307,7 +312,9 @@ class AutomaticMaskGenerator:
         return self._records(masks, data)
 
     # ------------------------------------------------------------------ pipeline
-    def _generate(self, image: np.ndarray) -> dict[str, Any]:
+    def _generate(
+        self, image: np.ndarray, progress: Callable[[int, int], None] | None = None
+    ) -> dict[str, Any]:
         """All crops -> de-duplicated survivors: ``masks`` (N, H, W) bool tensor (device) and
         CPU tensors ``boxes`` (N, 4) int64 XYXY, ``iou``, ``stability``, ``points`` (N, 2),
         ``crop_boxes`` (N, 4) XYXY, all in the image frame, in Meta's order."""
@@ -315,9 +322,18 @@ class AutomaticMaskGenerator:
         crop_boxes, layers = _amg.generate_crop_boxes(
             (h, w), self.crop_n_layers, self.crop_overlap_ratio
         )
+        ppb = self.points_per_batch
+        total = sum(-(-len(self.point_grids[layer]) // ppb) for layer in layers)
+        done = [0]
+
+        def batch_done() -> None:
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
         crops = []
         for i, (box, layer) in enumerate(zip(crop_boxes, layers, strict=True)):
-            c = self._process_crop(image, box, layer, (h, w))
+            c = self._process_crop(image, box, layer, (h, w), batch_done)
             n = len(c["iou"])
             c["crop_idx"] = torch.full((n,), i, dtype=torch.int64)
             c["local"] = torch.arange(n)
@@ -342,7 +358,12 @@ class AutomaticMaskGenerator:
         return {"masks": masks, **cat}
 
     def _process_crop(
-        self, image: np.ndarray, crop_box: list[int], layer: int, orig_size: tuple[int, int]
+        self,
+        image: np.ndarray,
+        crop_box: list[int],
+        layer: int,
+        orig_size: tuple[int, int],
+        batch_done: Callable[[], None] = lambda: None,
     ) -> dict[str, Any]:
         """Decode the point grid over one crop, filter and de-duplicate it.
 
@@ -377,6 +398,7 @@ class AutomaticMaskGenerator:
             low_parts.append(low)
             iou_parts.append(iou)
             idx_parts.append(idx)
+            batch_done()
         low, iou, cand = torch.cat(low_parts), torch.cat(iou_parts), torch.cat(idx_parts)
 
         # 2. stability score and boxes from full-resolution logits, survivors only

@@ -380,3 +380,21 @@ def test_wrong_types(tiny_pair):
         AutomaticMaskGenerator(ours, points_per_side=2.5)
     with pytest.raises(InputError, match="pred_iou_thresh"):
         AutomaticMaskGenerator(ours, pred_iou_thresh="high")
+
+
+def test_progress_counts_every_point_batch(tiny_pair, chelsea):
+    """``generate(progress=)``: one call per decoded batch of points, over every crop, ending
+    at the total; the masks are those of a run without it."""
+    _, ours = tiny_pair
+    knobs = dict(points_per_side=2, points_per_batch=3, crop_n_layers=1, pred_iou_thresh=0.0,
+                 stability_score_thresh=0.0)  # fmt: skip
+    generator = AutomaticMaskGenerator(ours, **knobs)
+    calls = []
+    image = np.ascontiguousarray(chelsea[::2, ::2])
+    with_progress = generator.generate(image, progress=lambda d, t: calls.append((d, t)))
+    total = 5 * 2  # 5 crops (the image and 4 of layer 1), 4 points each in batches of 3
+    assert calls == [(i, total) for i in range(1, total + 1)]
+    plain = generator.generate(image)
+    assert len(plain) == len(with_progress) > 0
+    for a, b in zip(plain, with_progress, strict=True):
+        assert np.array_equal(a["segmentation"], b["segmentation"]) and a["bbox"] == b["bbox"]

@@ -25,6 +25,7 @@ __all__ = [
     "atomic_dir",
     "check_output_args",
     "progress",
+    "step_progress",
     "run_per_image",
     "unique_stems",
 ]
@@ -95,6 +96,27 @@ def progress(iterable, total: int | None = None, desc: str = ""):
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False)
+
+
+def step_progress(desc: str) -> Callable[[int, int], None] | None:
+    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr for the steps of one
+    long call (closed when ``done == total``), or ``None`` when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+            bar = None
+
+    return update
 
 
 def check_output_args(args: argparse.Namespace) -> Path:

@@ -26,6 +26,7 @@ from grounded_sam.cli._common import (
     check_output_args,
     detector_kwargs,
     run_per_image,
+    step_progress,
 )
 from grounded_sam.errors import InputError
 
@@ -177,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         pipe.detector  # noqa: B018 - a bad detector option fails once, up front
 
     def process(image):
-        result = records_to_result(generator.generate(image), image)
+        points = step_progress("point batches")
+        result = records_to_result(generator.generate(image, progress=points), image)
         if pipe is not None:
             result = name_masks(result, pipe.detect(image, phrases)[0], args.name_iou)
         return result
