@@ -41,8 +41,8 @@ def _lat(m: dict[str, Any], stage: str, stat: str = "median") -> float | None:
 
 def _dataset_key(m: dict[str, Any]) -> str:
     ds = dict(m.get("config", {}).get("dataset", {}))
-    ds.pop("n_images", None)
-    ds.pop("n_refs", None)
+    for key in ("n_images", "n_refs", "limit"):  # same data, fewer images: warned separately
+        ds.pop(key, None)
     return json.dumps(ds, sort_keys=True)
 
 

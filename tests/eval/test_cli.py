@@ -240,3 +240,16 @@ def test_ctrl_c_leaves_partial_outputs_and_rerun_finishes(coco, tmp_path, monkey
     done = json.loads((out / "metrics.json").read_text())
     assert done["complete"] is True and done["n_images"] == 3
     assert done["mask_AP"] == pytest.approx(1.0)
+
+
+def test_compare_warns_about_datasets_only_when_the_data_differ():
+    from grounded_sam.eval.compare import comparison_table
+
+    def run(limit, annotations="a.json"):
+        ds = {"type": "coco", "annotations": annotations, "images": "img", "limit": limit,
+              "n_images": limit}  # fmt: skip
+        return {"config": {"dataset": ds, "run": {"name": f"r{limit}"}}, "n_images": limit}
+
+    table = comparison_table([run(2), run(3)])  # one dataset, two --limit values
+    assert "different datasets" not in table and "different numbers of images" in table
+    assert "different datasets" in comparison_table([run(2), run(2, "b.json")])
