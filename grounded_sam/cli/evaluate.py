@@ -120,7 +120,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.set_defaults(func=_cmd_eval)
 
-    sub = parser.add_subparsers(dest="eval_command", metavar="compare")
+    sub = parser.add_subparsers(
+        dest="eval_command", metavar="[compare RUN... --out DIR]", title="subcommand (optional)"
+    )
     sub.required = False
     p_cmp = sub.add_parser(
         "compare",
@@ -180,6 +182,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from grounded_sam.eval.datasets import build_dataset
     from grounded_sam.eval.runner import RunSpec, build_pipeline, evaluate
 
+    _dataset_spec(args)  # no dataset at all is the first thing to say
     if not args.out:
         raise UsageError("give --out DIR for the predictions, metrics and report")
     if not args.detector:
