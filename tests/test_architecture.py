@@ -140,6 +140,18 @@ def test_every_subcommand_takes_the_same_detector_flags(command):
     assert detector_kwargs(args) == {"score_threshold": 0.2}  # yolo-clip's own name for it
 
 
+def test_a_flag_and_d_setting_the_same_option_is_refused():
+    from grounded_sam.cli._common import UsageError, detector_kwargs
+
+    argv = ["segment", "x.png", "--out", "o", "--box-threshold", "0.5"]
+    args = build_parser().parse_args([*argv, "-D", "box_threshold=0.95"])
+    with pytest.raises(UsageError, match=r"-D box_threshold=0.95 and --box-threshold both set"):
+        detector_kwargs(args)
+    args = build_parser().parse_args([*argv, "--detector", "yolo-clip", "-D", "score_threshold=1"])
+    with pytest.raises(UsageError, match="and --box-threshold both set score_threshold"):
+        detector_kwargs(args)
+
+
 def test_plugin_detector_gets_flags_from_its_declared_options(capsys, tmp_path):
     calls = []
 

@@ -308,7 +308,12 @@ def detector_kwargs(args: argparse.Namespace, *, skip: Sequence[str] = ()) -> di
     for flag, raw in given.items():
         opt = by_flag[flag]
         kwargs[opt.name] = opt.parse(raw, flag)
+    from_flags = set(kwargs)
     for key, value in args.detector_option:
+        if key in from_flags:
+            raise UsageError(
+                f"-D {key}={value} and {by_name[key].cli_flag} both set {key}; give one of them"
+            )
         if key in by_name:
             kwargs[key] = by_name[key].parse(value, f"-D {key}")
         elif declared:
