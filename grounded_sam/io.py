@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -40,15 +41,29 @@ def _describe(image: object) -> str:
     return f"object of type {type(image).__name__}"
 
 
-def _from_pil(img: Image.Image, name: str) -> np.ndarray:
+def _sixteen_bit_tiles(img: Image.Image) -> bool:
+    """Whether an opened (not yet loaded) file decodes 16-bit samples: Pillow before 10.3
+    opens a 16-bit grayscale PNG as mode ``I`` with the raw mode ``I;16B``. Must be read
+    before ``load()``, which clears the decoder tiles."""
+    for tile in getattr(img, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        rawmode = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(rawmode, str) and rawmode.startswith("I;16"):
+            return True
+    return False
+
+
+def _from_pil(
+    img: Image.Image, name: str, *, from_file: bool = False, sixteen_bit: bool = False
+) -> np.ndarray:
     if img.width == 0 or img.height == 0:
         raise InputError(f"{name} has zero size {img.size}; expected a non-empty image")
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if mode in ("I", "F") or mode.startswith("I;16"):  # I;16B: big-endian uint16
         arr = np.asarray(img)
-        return _from_array(arr, name)
-    if mode == "F":
-        return _from_array(np.asarray(img), name)
+        if sixteen_bit and arr.size and arr.min() >= 0 and arr.max() <= 65535:
+            arr = arr.astype(np.uint16)  # 16-bit samples Pillow widened to mode I
+        return _from_array(arr, name, from_file=from_file)
     if mode != "RGB":
         # RGBA/LA/P/L/CMYK/YCbCr/1 -> RGB; alpha is dropped.
         if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
@@ -57,7 +72,7 @@ def _from_pil(img: Image.Image, name: str) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
 
-def _from_array(arr: np.ndarray, name: str) -> np.ndarray:
+def _from_array(arr: np.ndarray, name: str, *, from_file: bool = False) -> np.ndarray:
     if arr.size == 0:
         raise InputError(
             f"{name}: image is empty ({_describe(arr)}); expected HxW or HxWxC with H, W > 0"
@@ -68,6 +83,8 @@ def _from_array(arr: np.ndarray, name: str) -> np.ndarray:
         raise InputError(
             f"{name}: expected an HxW, HxWx1, HxWx3 or HxWx4 image, got {_describe(arr)}"
         )
+    if not arr.dtype.isnative:  # byte order is a storage detail, not the user's problem
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.shape[2] in (2, 4):  # drop alpha
         arr = arr[:, :, :-1]
     if arr.shape[2] == 1:
@@ -76,20 +93,36 @@ def _from_array(arr: np.ndarray, name: str) -> np.ndarray:
         out = arr
     elif arr.dtype == np.bool_:
         out = arr.astype(np.uint8) * 255
-    elif arr.dtype in (np.uint16, np.int32, np.uint32, np.int64) and np.issubdtype(
-        arr.dtype, np.integer
-    ):
-        if arr.min(initial=0) < 0 or arr.max(initial=0) > 65535:
-            raise InputError(
-                f"{name}: integer image values must lie in [0, 65535], got "
-                f"[{arr.min()}, {arr.max()}] ({_describe(arr)})"
-            )
+    elif arr.dtype == np.uint16:
         out = np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)  # 16-bit -> 8-bit
+    elif np.issubdtype(arr.dtype, np.integer):
+        # other integer types carry no bit depth: 0..255 is 8-bit data, anything else is
+        # ambiguous (16-bit? 12-bit? labels?) and is the user's to convert
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            if from_file:
+                fix = "convert the file to an 8-bit (0-255) or 16-bit (0-65535) image"
+            else:
+                fix = (
+                    "convert it to uint8 (values 0-255) or uint16 (values 0-65535), "
+                    "e.g. arr.astype(np.uint8) after scaling"
+                )
+            raise InputError(
+                f"{name}: {arr.dtype} image values lie in [{lo}, {hi}]; integer images other "
+                f"than uint8/uint16 are read as 8-bit and must lie in [0, 255]: {fix}"
+            )
+        out = arr.astype(np.uint8)
     elif np.issubdtype(arr.dtype, np.floating):
         if not np.all(np.isfinite(arr)):
             raise InputError(f"{name}: float image contains NaN or inf")
         lo, hi = float(arr.min()), float(arr.max())
         if lo < 0.0 or hi > 1.0:
+            if from_file:
+                raise InputError(
+                    f"{name} holds floating-point pixel values in [{lo:.3g}, {hi:.3g}]; "
+                    "float images must lie in [0, 1]: convert the file to an 8-bit "
+                    "(0-255) image"
+                )
             raise InputError(
                 f"{name}: float images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
                 "convert to uint8 (0-255) or divide by 255"
@@ -102,25 +135,35 @@ def _from_array(arr: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+_URL = re.compile(r"^[a-z][a-z0-9+.-]+://", re.IGNORECASE)  # not C://
+
+
 def load_image(image: ImageLike) -> np.ndarray:
     """Read and normalise an image.
 
     Args:
         image: a path (str or PathLike), a ``PIL.Image.Image`` or a numpy array
-            (HxW grayscale, HxWx3 RGB, HxWx4 RGBA; uint8, uint16 or float in [0, 1]).
+            (HxW grayscale, HxWx3 RGB, HxWx4 RGBA; uint8, uint16, float in [0, 1], or another
+            integer type with values in [0, 255]).
 
     Returns:
         np.ndarray: HxWx3 ``uint8`` RGB, C-contiguous. Files have their EXIF
         orientation applied; alpha is dropped; 16-bit data is scaled to 8 bits.
 
     Raises:
-        InputError: the file is missing, empty, truncated or not an image, the array has the
-            wrong shape, dtype or value range, or the input is of an unsupported type.
+        InputError: the file is missing, empty, truncated or not an image, a URL was given,
+            the array has the wrong shape, dtype or value range, or the input is of an
+            unsupported type.
     """
     if isinstance(image, np.ndarray):
         return _from_array(image, "image array")
     if isinstance(image, Image.Image):
-        return _from_pil(image, "PIL image")
+        return _from_pil(image, "PIL image", sixteen_bit=_sixteen_bit_tiles(image))
+    if isinstance(image, str) and _URL.match(image.strip()):
+        raise InputError(
+            f"image {image!r} is a URL; grounded-sam does not fetch URLs: download the file "
+            "first (e.g. curl -O URL) and pass its local path"
+        )
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.exists():
@@ -131,9 +174,12 @@ def load_image(image: ImageLike) -> np.ndarray:
             raise InputError(f"image file {str(path)!r} is empty (0 bytes)")
         try:
             with _pil_open(path) as img:
+                sixteen_bit = _sixteen_bit_tiles(img)
                 img.load()  # force decoding now, so truncated files fail here
                 img = ImageOps.exif_transpose(img)
-                return _from_pil(img, f"image file {str(path)!r}")
+                return _from_pil(
+                    img, f"image file {str(path)!r}", from_file=True, sixteen_bit=sixteen_bit
+                )
         except (UnidentifiedImageError, ImportError) as e:
             # ImportError: a patched PIL.Image.open (ultralytics) reaching for an optional
             # decoder plugin for a file PIL cannot identify

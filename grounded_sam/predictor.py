@@ -21,11 +21,58 @@ import torch
 
 from grounded_sam.errors import InputError
 from grounded_sam.io import ImageLike, load_image
-from grounded_sam.masks import check_boxes, check_prompt
+from grounded_sam.masks import check_boxes, check_prompt, finite_array
 from grounded_sam.model.sam import SamBase
 from grounded_sam.model.transforms import ResizeLongestSide
 
 __all__ = ["SamPredictor", "ResizeLongestSide", "ImageEmbedding"]
+
+
+def _check_flag(value: object, name: str) -> bool:
+    """``value`` as a bool; anything but a bool (or numpy bool) is an ``InputError`` (a string
+    such as ``"no"`` would otherwise count as true)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise InputError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_input_size(
+    image_size: tuple[int, int], input_size: tuple[int, int], img_size: int, model: str
+) -> None:
+    """Refuse an image that the model's resize would shrink to nothing: an (H, W) image whose
+    long side resized to ``img_size`` leaves ``input_size`` with a side of 0 pixels."""
+    if min(input_size) >= 1:
+        return
+    h, w = image_size
+    need = -(-max(h, w) // (2 * img_size))  # short side >= long / (2 * img_size) rounds to 1
+    raise InputError(
+        f"the image of {w}x{h} (WxH) pixels is too elongated for {model}: resizing its long "
+        f"side to the model input size {img_size} leaves its short side "
+        f"{min(input_size)} pixels; crop it into less elongated pieces, or pad its short side "
+        f"to at least {need} pixels"
+    )
+
+
+def _check_boxes_arg(boxes: object) -> np.ndarray:
+    """``predict_boxes``' boxes: float64 (N, 4), N may be 0 (``check_boxes`` otherwise)."""
+    if boxes is None:
+        raise InputError(
+            "predict_boxes needs boxes: an (N, 4) array of x0, y0, x1, y1 pixels (N may be 0), "
+            "got None"
+        )
+    if isinstance(boxes, torch.Tensor):
+        boxes = boxes.detach().to("cpu", torch.float64).numpy()
+    arr = finite_array(boxes, "boxes")
+    if arr.size == 0:
+        return np.zeros((0, 4))
+    return check_boxes(arr, "boxes")
+
+
+def _host(value: object, name: str) -> np.ndarray:
+    """A prompt argument as a float64 numpy array on the host, for the value checks."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", torch.float64).numpy()
+    return finite_array(value, name)
 
 
 @dataclass(frozen=True)
@@ -90,9 +137,10 @@ class SamPredictor:
         """
         if image_format not in ("RGB", "BGR"):
             raise InputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        rgb = load_image(image)  # (H, W, 3) first: grayscale/alpha are not colour channels
         if isinstance(image, np.ndarray) and image_format != self.model.image_format:
-            image = image[..., ::-1]
-        self.set_embedding(self.embed([load_image(image)])[0])
+            rgb = np.ascontiguousarray(rgb[..., ::-1])
+        self.set_embedding(self.embed([rgb])[0])
 
     @torch.no_grad()
     def embed(self, images: Sequence[np.ndarray], batch_size: int = 4) -> list[ImageEmbedding]:
@@ -103,6 +151,8 @@ class SamPredictor:
         """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        for im in images:  # every image, before any encoder pass
+            self._check_image_size(np.shape(im)[:2])
         out: list[ImageEmbedding] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
@@ -119,6 +169,18 @@ class SamPredictor:
                     )
                 )
         return out
+
+    def _check_image_size(self, size: tuple[int, ...]) -> None:
+        """SAM 1 resizes the long side to ``img_size``: refuse an image whose short side would
+        become 0 pixels (SAM 2.1's square resize takes any size)."""
+        transform = self.transform
+        if transform is None or len(size) != 2:
+            return
+        h, w = int(size[0]), int(size[1])
+        if h < 1 or w < 1:
+            return  # empty images are refused where they are read
+        input_size = transform.get_preprocess_shape(h, w, transform.target_length)
+        _check_input_size((h, w), input_size, transform.target_length, self.model.name)
 
     @torch.no_grad()
     def set_torch_image(
@@ -214,6 +276,8 @@ class SamPredictor:
             float32, low_res_logits (C, 256, 256) float32; C is 3 or 1.
         """
         self._require_image()
+        multimask_output = _check_flag(multimask_output, "multimask_output")
+        return_logits = _check_flag(return_logits, "return_logits")
         coords, labels, box, mask = check_prompt(
             point_coords, point_labels, box, mask_input, tuple(self.model.mask_input_size)
         )
@@ -253,7 +317,14 @@ class SamPredictor:
         Returns:
             masks (B, C, H, W) bool (or logits), iou_predictions (B, C), low_res_logits
             (B, C, 256, 256).
+        Raises:
+            RuntimeError: no image is set.
+            InputError: a prompt is not a torch tensor, has the wrong shape, or the prompts'
+                batch sizes differ.
         """
+        self._require_image()
+        multimask_output = _check_flag(multimask_output, "multimask_output")
+        return_logits = _check_flag(return_logits, "return_logits")
         low_res, iou = self._decode(point_coords, point_labels, boxes, mask_input, multimask_output)
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
         if not return_logits:
@@ -270,18 +341,7 @@ class SamPredictor:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One prompt-encoder + mask-decoder call: (low_res (B, C, 256, 256), iou (B, C))."""
         self._require_image()
-        if (point_coords is None) != (point_labels is None):
-            raise InputError("point_coords and point_labels must be given together")
-        if point_coords is not None:
-            if point_coords.ndim != 3 or point_coords.shape[-1] != 2:
-                raise InputError(f"point_coords must be (B, N, 2), got {tuple(point_coords.shape)}")
-            if tuple(point_labels.shape) != tuple(point_coords.shape[:2]):
-                raise InputError(
-                    f"point_labels must be {tuple(point_coords.shape[:2])}, got "
-                    f"{tuple(point_labels.shape)}"
-                )
-        if boxes is not None and boxes.shape[-1] != 4:
-            raise InputError(f"boxes must be (B, 4), got {tuple(boxes.shape)}")
+        self._check_decode_inputs(point_coords, point_labels, boxes, mask_input)
         emb = self.embedding
         return self.model.decode(
             emb.features,
@@ -292,6 +352,71 @@ class SamPredictor:
             mask_input,
             multimask_output,
         )
+
+    @staticmethod
+    def _check_point_pair(point_coords: object, point_labels: object) -> None:
+        if (point_coords is None) != (point_labels is None):
+            raise InputError("point_coords and point_labels must be given together")
+
+    @staticmethod
+    def _check_point_shapes(point_coords, point_labels) -> None:
+        """(B, N, 2) coordinates and (B, N) labels (numpy arrays or tensors)."""
+        if point_coords.ndim != 3 or point_coords.shape[-1] != 2:
+            raise InputError(
+                f"point_coords must be (B, N, 2): N x, y points for each of B prompts, got "
+                f"{tuple(point_coords.shape)}"
+            )
+        if tuple(point_labels.shape) != tuple(point_coords.shape[:2]):
+            raise InputError(
+                f"point_labels must be {tuple(point_coords.shape[:2])} to match point_coords, "
+                f"got {tuple(point_labels.shape)}"
+            )
+
+    def _check_decode_inputs(self, point_coords, point_labels, boxes, mask_input) -> None:
+        """Types and shapes of a batch of torch prompts (no device sync: shapes only)."""
+        for name, value in (
+            ("point_coords", point_coords),
+            ("point_labels", point_labels),
+            ("boxes", boxes),
+            ("mask_input", mask_input),
+        ):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise InputError(
+                    f"predict_torch takes torch tensors in the model-input frame, got {name} as "
+                    f"{type(value).__name__}: use predict() (one prompt) or predict_low_res() "
+                    "(a batch) for prompts in image pixels, or convert with torch.as_tensor() "
+                    "after predictor.transform.apply_coords / apply_boxes"
+                )
+        self._check_point_pair(point_coords, point_labels)
+        batch: dict[str, int] = {}
+        if point_coords is not None:
+            self._check_point_shapes(point_coords, point_labels)
+            batch["point_coords"] = int(point_coords.shape[0])
+        if boxes is not None:
+            if boxes.ndim != 2 or boxes.shape[-1] != 4:
+                raise InputError(
+                    f"boxes must be (B, 4) as x0, y0, x1, y1, got {tuple(boxes.shape)}"
+                )
+            batch["boxes"] = int(boxes.shape[0])
+        if len(set(batch.values())) > 1:
+            raise InputError(
+                "the prompts' batch sizes differ: "
+                + ", ".join(f"{k} has {v}" for k, v in batch.items())
+                + "; give one row per prompt in each"
+            )
+        if mask_input is not None:
+            expected = (1, *self.model.mask_input_size)
+            if mask_input.ndim != 4 or tuple(mask_input.shape[1:]) != expected:
+                raise InputError(
+                    f"mask_input must be (B, {', '.join(map(str, expected))}) low-res logits "
+                    f"(low_res_logits of a previous call), got {tuple(mask_input.shape)}"
+                )
+            n = next(iter(batch.values()), None)
+            if n is not None and int(mask_input.shape[0]) not in (1, n):
+                raise InputError(
+                    f"mask_input has {int(mask_input.shape[0])} masks for {n} prompts; give "
+                    "one mask per prompt (or one for all)"
+                )
 
     @torch.no_grad()
     def predict_low_res(
@@ -313,7 +438,26 @@ class SamPredictor:
                 boxes: (B, 4) XYXY pixels; mask_input: (B, 1, 256, 256) logits.
         Returns:
             low-res logits (B, C, 256, 256) and predicted IoU (B, C), float32 on the device.
+        Raises:
+            RuntimeError: no image is set.
+            InputError: the checks of :meth:`predict` (points and labels together, finite,
+                labels 0 or 1; boxes XYXY and finite; mask_input's shape) and matching batch
+                sizes.
         """
+        self._require_image()
+        multimask_output = _check_flag(multimask_output, "multimask_output")
+        self._check_point_pair(point_coords, point_labels)
+        if point_coords is not None:
+            pc, pl = _host(point_coords, "point_coords"), _host(point_labels, "point_labels")
+            self._check_point_shapes(pc, pl)
+            if pc.size:  # predict()'s checks of the values, on all points at once
+                check_prompt(pc.reshape(-1, 2), pl.reshape(-1), None, None, (0, 0))
+        if boxes is not None:
+            check_boxes(_host(boxes, "boxes"), "boxes")
+        if mask_input is not None and not isinstance(mask_input, torch.Tensor):
+            mask_input = torch.as_tensor(
+                finite_array(mask_input, "mask_input", dtype=np.float32), device=self.device
+            )
         coords_t = labels_t = boxes_t = None
         if point_coords is not None:
             coords_t = self._to_model_frame(point_coords)
@@ -341,7 +485,9 @@ class SamPredictor:
             float32 predicted IoU; C is 3 with ``multimask_output`` else 1. N may be 0.
         """
         self._require_image()
-        b = check_boxes(boxes, "boxes") if len(np.asarray(boxes).reshape(-1)) else np.zeros((0, 4))
+        multimask_output = _check_flag(multimask_output, "multimask_output")
+        return_logits = _check_flag(return_logits, "return_logits")
+        b = _check_boxes_arg(boxes)
         c = 3 if multimask_output else 1
         h, w = self.original_size
         if b.shape[0] == 0:

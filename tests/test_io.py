@@ -131,3 +131,77 @@ def test_not_an_image_after_ultralytics_import(tmp_path):
     path.write_text("not a picture")
     with pytest.raises(ValueError, match="not a readable image"):
         load_image(path)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint32, np.uint64])
+def test_other_integer_types_in_8bit_range_are_8bit(dtype):
+    """Integer types without a bit depth (int64 from np.array([...]), ...) holding 0..255 are
+    8-bit data, not 16-bit divided by 257."""
+    values = np.array([[[127, 100, 0]]]) if dtype == np.int8 else np.array([[[255, 128, 0]]])
+    out = load_image(values.astype(dtype))
+    assert out.dtype == np.uint8 and out[0, 0].tolist() == values[0, 0].tolist()
+    assert load_image(np.full((2, 2), 100, dtype))[0, 0].tolist() == [100, 100, 100]
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [np.full((4, 4, 3), 300, np.int32), np.full((4, 4), -1, np.int16), np.full((4, 4), 70000)],
+    ids=["int32-300", "int16-negative", "int64-70000"],
+)
+def test_other_integer_types_out_of_8bit_range(arr):
+    with pytest.raises(InputError, match=r"must lie in \[0, 255\]") as e:
+        load_image(arr)
+    assert "uint8" in str(e.value) and "uint16" in str(e.value)  # the fix
+    assert f"[{arr.min()}, {arr.max()}]" in str(e.value)  # the value range
+
+
+def test_uint16_stays_16bit_in_either_byte_order(tmp_path):
+    arr = np.array([[0, 257, 40000, 65535]], np.uint16)
+    want = np.round(arr / 257.0).astype(np.uint8)
+    assert np.array_equal(load_image(arr)[..., 0], want)
+    assert np.array_equal(load_image(arr.astype(">u2"))[..., 0], want)
+    big = Image.frombytes("I;16B", (4, 1), arr.astype(">u2").tobytes())
+    assert np.array_equal(load_image(big)[..., 0], want)
+    path = tmp_path / "big_endian.tif"
+    big.save(path)
+    with Image.open(path) as check:
+        assert check.mode == "I;16B"  # the file really holds big-endian 16-bit samples
+    assert np.array_equal(load_image(path)[..., 0], want)
+
+
+def test_mode_i_decoded_from_16bit_samples_is_16bit():
+    """Pillow < 10.3 opens a 16-bit grayscale PNG as mode I (raw mode I;16B): still 16-bit."""
+    arr = np.array([[0, 257, 40000, 65535]], np.uint16)
+    img = Image.fromarray(arr.astype(np.int32))
+    assert img.mode == "I"
+    img.tile = [("zip", (0, 0, 4, 1), 0, "I;16B")]  # what PngImagePlugin sets
+    want = np.round(arr / 257.0).astype(np.uint8)
+    assert np.array_equal(load_image(img)[..., 0], want)
+    img.tile = []  # a mode I image of unknown origin: 8-bit rule
+    with pytest.raises(InputError, match=r"must lie in \[0, 255\]"):
+        load_image(img)
+
+
+def test_out_of_range_files_say_to_convert_the_file(tmp_path):
+    floats = tmp_path / "float.tif"
+    Image.fromarray(np.full((4, 4), 3.5, np.float32)).save(floats)
+    with pytest.raises(InputError, match="convert the file to an 8-bit") as e:
+        load_image(floats)
+    assert "divide by 255" not in str(e.value) and "float.tif" in str(e.value)
+    ints = tmp_path / "int32.tif"
+    Image.fromarray(np.full((4, 4), 40000, np.int32)).save(ints)
+    with pytest.raises(InputError, match="convert the file to an 8-bit") as e:
+        load_image(ints)
+    assert "[40000, 40000]" in str(e.value)
+    # the array advice stays
+    with pytest.raises(InputError, match="divide by 255"):
+        load_image(np.full((4, 4), 3.5, np.float32))
+
+
+@pytest.mark.parametrize(
+    "url", ["https://x/cat.jpg", "http://example.com/photos/dog.png", "HTTPS://X/a.jpg"]
+)
+def test_urls_are_refused_with_the_original_string(url):
+    with pytest.raises(InputError, match="download the file first") as e:
+        load_image(url)
+    assert repr(url) in str(e.value) and "URL" in str(e.value)

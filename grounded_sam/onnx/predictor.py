@@ -25,10 +25,15 @@ import torch
 
 from grounded_sam.errors import InputError
 from grounded_sam.io import ImageLike, load_image
-from grounded_sam.masks import check_boxes, check_prompt
+from grounded_sam.masks import check_prompt
 from grounded_sam.onnx import files
 from grounded_sam.onnx.runtime import session
-from grounded_sam.predictor import ImageEmbedding
+from grounded_sam.predictor import (
+    ImageEmbedding,
+    _check_boxes_arg,
+    _check_flag,
+    _check_input_size,
+)
 
 __all__ = ["OnnxSam", "OnnxSamPredictor"]
 
@@ -105,8 +110,8 @@ class OnnxSam:
         # blocks' (12, 4096, 4096) matrices) and needed once per image: without the memory
         # arena they are returned after each run instead of staying reserved (the allocation
         # costs milliseconds of a seconds-long run). The decoder runs often and small.
-        self.encoder = session(encoder, providers, threads, memory_arena=False, spinning=spinning)
-        self.decoder = session(decoder, providers, threads, spinning=spinning)
+        self.encoder = _session(encoder, providers, threads, memory_arena=False, spinning=spinning)
+        self.decoder = _session(decoder, providers, threads, spinning=spinning)
         self._enc_out = list(meta["encoder"]["outputs"])
         self._dec_in = list(meta["decoder"]["inputs"])
         self._dec_out = list(meta["decoder"]["outputs"])
@@ -194,6 +199,22 @@ class OnnxSam:
         return masks, iou, low_res
 
 
+def _session(path: Path, providers, threads, **options):
+    """:func:`grounded_sam.onnx.runtime.session`, with onnxruntime's refusal of a truncated
+    or corrupt model file (its own exception classes: ``InvalidProtobuf``, ``Fail``, ...)
+    turned into an :class:`InputError` naming the file."""
+    try:
+        return session(path, providers, threads, **options)
+    except Exception as e:
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        raise InputError(
+            f"{str(path)!r} is not a loadable ONNX model (truncated or corrupt: "
+            f"{type(e).__name__}: {str(e).strip()[:300]}); export the folder again with "
+            "`grounded-sam export-onnx`"
+        ) from e
+
+
 def _as_numpy(t: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(t, torch.Tensor):
         return t.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -218,7 +239,8 @@ class OnnxSamPredictor:
         threads: intra-op threads per session (default: onnxruntime's choice).
 
     Raises:
-        InputError: not an export folder, or a single-mask export.
+        InputError: not an export folder, a single-mask export, or a model file onnxruntime
+            cannot load (truncated or corrupt: export again).
         MissingDependency: onnxruntime is not installed.
     """
 
@@ -259,9 +281,10 @@ class OnnxSamPredictor:
         """Compute the embedding of an image (see :meth:`grounded_sam.SamPredictor.set_image`)."""
         if image_format not in ("RGB", "BGR"):
             raise InputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        rgb = load_image(image)  # (H, W, 3) first: grayscale/alpha are not colour channels
         if isinstance(image, np.ndarray) and image_format != self.model.image_format:
-            image = image[..., ::-1]
-        self.set_embedding(self.embed([load_image(image)])[0])
+            rgb = np.ascontiguousarray(rgb[..., ::-1])
+        self.set_embedding(self.embed([rgb])[0])
 
     def embed(self, images: Sequence[np.ndarray], batch_size: int = 4) -> list[ImageEmbedding]:
         """Embeddings of (H, W, 3) uint8 RGB images, one encoder call each (the exported
@@ -269,6 +292,15 @@ class OnnxSamPredictor:
         compatibility. Does not change the current image."""
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        for im in images:  # every image, before any encoder call
+            size = np.shape(im)[:2]
+            if len(size) == 2 and min(size) >= 1:
+                input_size = files.preprocessed_size(
+                    int(size[0]), int(size[1]), self.model.metadata
+                )
+                _check_input_size(
+                    (int(size[0]), int(size[1])), input_size, self.model.img_size, self.model.name
+                )
         out = []
         for im in images:
             im = np.asarray(im)
@@ -394,6 +426,8 @@ class OnnxSamPredictor:
             float32, low_res_logits (C, 256, 256) float32; C is 3 or 1.
         """
         self._require_image()
+        multimask_output = _check_flag(multimask_output, "multimask_output")
+        return_logits = _check_flag(return_logits, "return_logits")
         coords, labels, b, m = check_prompt(
             point_coords, point_labels, box, mask_input, tuple(self.model.mask_input_size)
         )
@@ -419,7 +453,9 @@ class OnnxSamPredictor:
             float32 predicted IoU; C is 3 with ``multimask_output`` else 1. N may be 0.
         """
         self._require_image()
-        b = check_boxes(boxes, "boxes") if len(np.asarray(boxes).reshape(-1)) else np.zeros((0, 4))
+        multimask_output = _check_flag(multimask_output, "multimask_output")
+        return_logits = _check_flag(return_logits, "return_logits")
+        b = _check_boxes_arg(boxes)
         c = 3 if multimask_output else 1
         h, w = self.original_size
         out = np.empty((b.shape[0], c, h, w), dtype=np.float32 if return_logits else bool)

@@ -198,3 +198,53 @@ def test_spinning_off_reaches_both_sessions_and_changes_no_result(tiny, exported
     got = pred.predict(box=box, multimask_output=False, return_logits=True)[0]
     want = tiny.predict(box=box, multimask_output=False, return_logits=True)[0]
     assert np.array_equal(got, want)
+
+
+def test_bgr_reorders_channels_after_normalising(tiny, photos):
+    """As SamPredictor: a grayscale image given as BGR is not mirrored, BGRA keeps its alpha
+    out of the colours."""
+    image = photos("chelsea")
+    gray = np.ascontiguousarray(image[:, :, 0])
+    tiny.set_image(gray)
+    want = tiny.get_image_embedding().clone()
+    tiny.set_image(gray, image_format="BGR")
+    assert torch.equal(tiny.get_image_embedding(), want)
+    tiny.set_image(image)
+    want = tiny.get_image_embedding().clone()
+    bgra = np.dstack([image[..., ::-1], np.full(image.shape[:2], 9, np.uint8)])
+    tiny.set_image(bgra, image_format="BGR")
+    assert torch.equal(tiny.get_image_embedding(), want)
+    tiny.set_image(image)  # the module's predictor back on its photo
+
+
+@pytest.mark.parametrize("shape", [(1, 3000, 3), (3000, 1)])
+def test_too_elongated_image(exported, shape):
+    p = OnnxSamPredictor(exported("tiny_vit").directory)
+    with pytest.raises(InputError, match="too elongated") as e:
+        p.set_image(np.zeros(shape, np.uint8))
+    h, w = shape[:2]
+    assert f"{w}x{h} (WxH)" in str(e.value) and "1024" in str(e.value)
+    assert "crop" in str(e.value) and "pad" in str(e.value)
+    assert not p.is_image_set
+
+
+def test_argument_errors(tiny):
+    with pytest.raises(InputError, match=r"needs boxes: an \(N, 4\) array"):
+        tiny.predict_boxes(None)
+    with pytest.raises(InputError, match="multimask_output must be True or False"):
+        tiny.predict(box=[0, 0, 5, 5], multimask_output="no")
+    with pytest.raises(InputError, match="multimask_output must be True or False"):
+        tiny.predict_boxes([[0, 0, 5, 5]], multimask_output=1)
+    masks, _, _ = tiny.predict(box=[0, 0, 5, 5], multimask_output=np.bool_(False))
+    assert masks.shape[0] == 1
+
+
+@pytest.mark.parametrize("name", ["decoder.onnx", "encoder.onnx"])
+def test_corrupt_model_file(exported, tmp_path, name):
+    bad = tmp_path / "bad"
+    shutil.copytree(exported("tiny_vit").directory, bad)
+    data = (bad / name).read_bytes()
+    (bad / name).write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputError, match="grounded-sam export-onnx") as e:
+        OnnxSamPredictor(bad)
+    assert name in str(e.value) and "corrupt" in str(e.value)
