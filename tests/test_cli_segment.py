@@ -9,6 +9,7 @@ checkpoint format, registered by name for the test). One test goes through
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -279,7 +280,10 @@ def test_real_entry_point_bad_input(tmp_path):
     ("argv", "hint"),
     [
         (["segment", "x.png", "--foo", "--out", "o"], "grounded-sam segment --help"),
-        (["label", "photos", "--classes", "cat", "--out", "o", "--foo"], "grounded-sam label --help"),
+        (
+            ["label", "photos", "--classes", "cat", "--out", "o", "--foo"],
+            "grounded-sam label --help",
+        ),
         (["weights", "list", "--foo"], "grounded-sam weights --help"),
     ],
 )
@@ -291,3 +295,19 @@ def test_unknown_option_points_to_the_subcommand_help(argv, hint, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2
     assert err == f"error: unrecognized arguments: --foo (see `{hint}`)\n"
+
+
+def test_output_folders_get_the_umask_mode_not_mkdtemp_0700(tmp_path):
+    """Per-image output folders are renamed from a ``mkdtemp`` folder (0700); they end with
+    the mode ``mkdir`` gives under the process umask, like every other folder."""
+    import stat
+
+    from grounded_sam.cli._common import atomic_dir
+    from grounded_sam.io import dir_mode
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    with atomic_dir(tmp_path / "out" / "cat") as tmp:
+        (tmp / "result.json").write_text("{}")
+    mode = stat.S_IMODE((tmp_path / "out" / "cat").stat().st_mode)
+    assert mode == dir_mode() == 0o777 & ~umask

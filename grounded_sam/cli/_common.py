@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from grounded_sam.errors import GroundedSAMError, InputError
+from grounded_sam.io import dir_mode
 
 __all__ = [
     "UsageError",
@@ -76,6 +77,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
+        tmp.chmod(dir_mode())  # mkdtemp's 0700 would outlive the rename
         yield tmp
         if final.exists():
             old = final.with_name(f".{final.name}.old.{os.getpid()}")
