@@ -219,17 +219,17 @@ def _check_args(args: argparse.Namespace) -> None:
 def _report(summary, quiet: bool) -> int:
     for line in summary.lines():
         print(line, flush=True)
-    errors = (
-        summary.assembly.errors
-        if summary.assembly is not None
-        else [{"file_name": f, "reason": "see its unit"} for f in summary.failed_files]
-    )
+    if summary.assembly is not None:
+        errors, where = summary.assembly.errors, summary.dataset / "errors.json"
+    else:  # a shard run assembles nothing: the reasons are those of the units it wrote
+        errors = sorted(summary.errors, key=lambda e: e["file_name"])
+        where = f"{summary.dataset / 'errors.json'} after --merge"
     for e in errors[:_MAX_ERROR_LINES]:
         sys.stderr.write(f"error: {e['file_name']}: {e['reason']}\n")
     if len(errors) > _MAX_ERROR_LINES:
         sys.stderr.write(
             f"error: ... and {len(errors) - _MAX_ERROR_LINES} more unreadable images "
-            f"(all in {summary.dataset / 'errors.json'})\n"
+            f"(all in {where})\n"
         )
     return summary.exit_code
 

@@ -4,7 +4,11 @@ them back (for round-trip checks and for tools that start from them).
 - ``yolo-seg``: ``DIR/data.yaml`` (class names), ``DIR/labels/<file_name without extension>.txt``
   with one ``class x1 y1 x2 y2 ...`` line per instance (coordinates normalised by the image
   width and height, ``%g``), and ``DIR/images/<file_name>`` linked (or copied) to the source
-  images so ``yolo train data=DIR/data.yaml`` runs as is. A mask becomes a polygon exactly as
+  images so ``yolo train data=DIR/data.yaml`` runs as is. Every source image must be found
+  (under ``image_roots``, then the folders recorded in ``label.json``), else nothing is
+  written and :class:`~grounded_sam.errors.InputError` says which are missing;
+  ``allow_missing_images=True`` exports the images found and leaves the others out (their
+  labels too), listed in ``ExportSummary.missing_images``. A mask becomes a polygon exactly as
   ultralytics' own ``convert_coco`` does with RLE: its outer contours (OpenCV
   ``RETR_EXTERNAL``, ``CHAIN_APPROX_SIMPLE``: holes dropped), those of 3 points or more,
   several parts joined into one outline by ultralytics' ``merge_multi_segment`` (thin
@@ -17,6 +21,8 @@ them back (for round-trip checks and for tools that start from them).
   stay the mask's.
 - ``masks``: ``DIR/masks/<file_name without extension>/<annotation id>_<class>.png``, 8-bit,
   255 inside, 0 outside: lossless. An image with no instance gets an empty folder.
+
+``coco-polygons`` and ``masks`` are made from the annotations alone and need no image.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from grounded_sam.engine.dataset import find_image, read_annotations
+from grounded_sam.engine.dataset import find_image, read_annotations, read_manifest
 from grounded_sam.errors import InputError, require
 
 __all__ = [
@@ -204,7 +210,17 @@ def read_masks_dir(folder: str | os.PathLike) -> dict[int, tuple[str, np.ndarray
 # --------------------------------------------------------------------------- export
 @dataclass
 class ExportSummary:
-    """What :func:`export_dataset` wrote."""
+    """What :func:`export_dataset` wrote.
+
+    Attributes:
+        images: images exported (label files, mask folders or COCO images).
+        instances: instances exported.
+        linked_images: yolo-seg: images linked or copied into ``images/``.
+        missing_images: yolo-seg with ``allow_missing_images``: the ``file_name`` of each
+            image left out because its source was not found.
+        total_images: images in the dataset.
+        image_mode: yolo-seg: ``"link"``, ``"copy"`` or ``"none"`` (labels only).
+    """
 
     format: str
     out: Path
@@ -212,19 +228,40 @@ class ExportSummary:
     instances: int = 0
     linked_images: int = 0
     missing_images: list[str] = field(default_factory=list)
+    total_images: int = 0
+    image_mode: str = "link"
 
     def lines(self) -> list[str]:
+        """The summary for people (stdout)."""
         out = [
             f"exported {self.images} images, {self.instances} instances as {self.format} -> {self.out}"
         ]
         if self.format == "yolo-seg":
-            out.append(f"train with: yolo segment train data={self.out / 'data.yaml'}")
-        if self.missing_images:
-            out.append(
-                f"{len(self.missing_images)} source images were not found (e.g. "
-                f"{self.missing_images[0]!r}): give their folder with --images"
-            )
+            data = self.out / "data.yaml"
+            if self.image_mode == "none":
+                out.append(
+                    f"labels only: put the images in {self.out / 'images'} (the dataset's "
+                    f"file_names), then train with: yolo segment train data={data}"
+                )
+            else:
+                out.append(f"train with: yolo segment train data={data}")
         return out
+
+    def warnings(self) -> list[str]:
+        """What was left out (stderr)."""
+        if not self.missing_images:
+            return []
+        return [
+            f"{len(self.missing_images)} of {self.total_images} images were left out: their "
+            f"source images were not found ({_some(self.missing_images)}); give their folder "
+            "with --images DIR to export them too"
+        ]
+
+
+def _some(names: Sequence[str], shown: int = 3) -> str:
+    """``'a.jpg', 'b.jpg', 'c.jpg' and 7 more``."""
+    text = ", ".join(repr(n) for n in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _decode(ann: dict[str, Any], h: int, w: int) -> np.ndarray:
@@ -248,6 +285,7 @@ def export_dataset(
     images: str = "link",
     image_roots: Sequence[str | os.PathLike] = (),
     final_path: str | os.PathLike | None = None,
+    allow_missing_images: bool = False,
 ) -> ExportSummary:
     """Write ``dataset``'s ``annotations.json`` into ``out`` (an existing folder, best empty)
     in format ``fmt`` (see the module docstring).
@@ -260,6 +298,13 @@ def export_dataset(
         image_roots: folders to find the source images in (before the manifest's sources).
         final_path: where ``out`` will finally live, when it is written in a temporary
             folder first (``data.yaml`` records it); default ``out``.
+        allow_missing_images: yolo-seg: export the images whose source is found and leave
+            the others out, instead of refusing.
+
+    Raises:
+        InputError: yolo-seg (``images`` not ``"none"``): source images not found (checked
+            before anything is written), unless ``allow_missing_images`` and at least one
+            is found.
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -269,12 +314,17 @@ def export_dataset(
     coco = read_annotations(src)
     root = src if src.is_dir() else src.parent
     out = Path(out)
-    summary = ExportSummary(fmt, out)
+    summary = ExportSummary(fmt, out, total_images=len(coco["images"]), image_mode=images)
     by_image = _by_image(coco)
     cats = sorted(coco["categories"], key=lambda c: c["id"])
     if fmt == "yolo-seg":
         final = Path(final_path) if final_path is not None else out
-        _export_yolo(coco, cats, by_image, root, out, final, images, image_roots, summary)
+        sources = (
+            {}
+            if images == "none"
+            else _find_sources(coco, root, image_roots, allow_missing_images, summary)
+        )
+        _export_yolo(coco, cats, by_image, out, final, images, sources, summary)
     elif fmt == "coco-polygons":
         _export_polygons(coco, by_image, out, summary)
     else:
@@ -282,12 +332,49 @@ def export_dataset(
     return summary
 
 
-def _export_yolo(coco, cats, by_image, root, out, final, images, image_roots, summary) -> None:
+def _find_sources(coco, root, image_roots, allow_missing, summary) -> dict[Any, Path]:
+    """Image id -> its source file, every one found before anything is written (a training
+    set with images missing is refused, not exported half)."""
+    found: dict[Any, Path] = {}
+    missing: list[str] = []
+    for img in coco["images"]:
+        _safe_rel(img["file_name"])
+        source = find_image(root, img["file_name"], image_roots)
+        if source is None:
+            missing.append(img["file_name"])
+        else:
+            found[img["id"]] = source
+    if not missing:
+        return found
+    if found and allow_missing:
+        summary.missing_images = missing
+        return found
+    looked = [str(Path(r)) for r in image_roots] + [
+        str(src["path"]) for src in (read_manifest(root) or {}).get("sources", [])
+    ]
+    where = (
+        f"looked in {_some(list(dict.fromkeys(looked)), 4)}"
+        if looked
+        else "the dataset records no image folder (no label.json sources) and no --images was given"
+    )
+    total = len(coco["images"])
+    fix = "give the folder that holds them with --images DIR (repeatable)"
+    if found:
+        fix += f", or --allow-missing-images to export the {len(found)} found"
+    raise InputError(
+        f"{len(missing)} of {total} source images were not found ({_some(missing)}); {where}: "
+        f"{fix}, or --no-images to write the labels only"
+    )
+
+
+def _export_yolo(coco, cats, by_image, out, final, images, sources, summary) -> None:
     import yaml
 
     index = {c["id"]: i for i, c in enumerate(cats)}  # YOLO classes are 0..K-1
     (out / "labels").mkdir(parents=True, exist_ok=True)
     for img in coco["images"]:
+        if images != "none" and img["id"] not in sources:
+            continue  # left out (allow_missing_images): neither label nor image
         h, w = int(img["height"]), int(img["width"])
         rel = _safe_rel(img["file_name"])
         lines = []
@@ -306,10 +393,7 @@ def _export_yolo(coco, cats, by_image, root, out, final, images, image_roots, su
         summary.images += 1
         if images == "none":
             continue
-        source = find_image(root, img["file_name"], image_roots)
-        if source is None:
-            summary.missing_images.append(img["file_name"])
-            continue
+        source = sources[img["id"]]
         dest = out / "images" / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         if images == "copy":

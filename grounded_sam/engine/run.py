@@ -68,6 +68,11 @@ class LabelSummary:
         audit: the audit's overall figures with ``--audit``.
         encoder_images: images this run passed through SAM's image encoder.
         interrupted: stopped by Ctrl-C (the work done is kept).
+        failed_files: the ``file_name`` of each unreadable image met by this run.
+        errors: ``{"file_name", "reason"}`` of each unreadable image met by this run (by
+            :func:`merge`: of every unreadable image in the dataset).
+        notes: remarks on the inputs (e.g. a file given twice, labelled once), also written
+            to stderr when the run starts.
         threads: CPU threads the models computed with (the dataset's recorded count).
         engine: the runner's name (``local``, ``ray``).
     """
@@ -85,6 +90,8 @@ class LabelSummary:
     label_seconds: float = 0.0
     interrupted: bool = False
     failed_files: list[str] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     threads: int | None = None
     engine: str = "local"
 
@@ -358,7 +365,10 @@ def label_dataset(
         )
     labeler = config if isinstance(config, Labeler) else None
     cfg = labeler.config if labeler is not None else config
-    tasks, sources = list_images(images, exclude=out)
+    notes: list[str] = []
+    tasks, sources = list_images(images, exclude=out, notes=notes)
+    for note in notes:  # before any model is loaded: the inputs are settled
+        sys.stderr.write(f"note: {note}\n")
     existing = None
     if audit is not None:
         from grounded_sam.engine.audit import load_existing
@@ -373,14 +383,11 @@ def label_dataset(
     remote = bool(getattr(runner, "builds_models", False))
     mine = select_shard(tasks, shard)
     todo = mine if kept is None else [t for t in mine if not _is_done(out, t)]
-    if todo and labeler is None and not remote:
-        labeler = Labeler.from_config(cfg)  # a model that fails to load changes nothing
-    manifest = _write_out(out, identity, extra, kept, overwrite=overwrite, shard=shard)
-    # another shard may have created the manifest first: its count is the dataset's
-    n_threads = _check_threads(out, threads, manifest)
     summary = LabelSummary(out, images=len(mine), done_before=len(mine) - len(todo), shard=shard)
-    summary.threads, summary.engine = n_threads, runner.name or type(runner).__name__
+    summary.notes = notes
+    summary.engine = runner.name or type(runner).__name__
     bar = Progress(0, stream=None)
+    stage = "load"  # then "label", "assemble": what a Ctrl-C interrupts
 
     def commit(unit: ImageUnit) -> None:
         write_unit(out, unit)
@@ -390,8 +397,15 @@ def label_dataset(
         else:
             summary.failed += 1
             summary.failed_files.append(unit.file_name)
+            summary.errors.append({"file_name": unit.file_name, "reason": unit.reason or ""})
 
     try:
+        if todo and labeler is None and not remote:
+            labeler = Labeler.from_config(cfg)  # a model that fails to load changes nothing
+        manifest = _write_out(out, identity, extra, kept, overwrite=overwrite, shard=shard)
+        # another shard may have created the manifest first: its count is the dataset's
+        summary.threads = n_threads = _check_threads(out, threads, manifest)
+        stage = "label"
         if todo:
             from grounded_sam.engine.embeddings import EmbeddingStore
 
@@ -409,27 +423,43 @@ def label_dataset(
                     else getattr(runner, "encoder_images", 0)
                 )
                 summary.label_seconds = time.perf_counter() - bar.start
+        bar.close()
+        stage = "assemble"
+        if shard is None:
+            summary.assembly = _assemble(out, manifest, [t.file_name for t in tasks])
+            if existing is not None:
+                from grounded_sam.engine.audit import audit_dataset
+
+                summary.audit = audit_dataset(out, existing)
     except KeyboardInterrupt:
         bar.close()
         summary.interrupted = True
-        if progress:
-            sys.stderr.write(
-                f"interrupted after {summary.labelled + summary.failed} of {len(todo)} images; "
-                "the work done is saved: run the same command again to finish\n"
-            )
-        if shard is None:
+        # always (--quiet too): one line saying that nothing is lost and how to finish
+        sys.stderr.write(_interrupted_line(stage, summary.labelled + summary.failed, len(todo)))
+        if stage == "label" and shard is None:
             _assemble(out, manifest, [t.file_name for t in tasks])
         raise
     finally:
         bar.close()
-    if shard is None:
-        summary.assembly = _assemble(out, manifest, [t.file_name for t in tasks])
-        if existing is not None:
-            from grounded_sam.engine.audit import audit_dataset
-
-            summary.audit = audit_dataset(out, existing)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _interrupted_line(stage: str, done: int, todo: int) -> str:
+    """The resume hint after Ctrl-C, for the ``stage`` interrupted."""
+    if stage == "load":
+        return (
+            "interrupted before any image was labelled: run the same command again to label them\n"
+        )
+    if stage == "assemble":
+        return (
+            "interrupted while assembling the dataset; every image is labelled and saved: run "
+            "the same command again to finish\n"
+        )
+    return (
+        f"interrupted after {done} of {todo} images; the work done is saved: run the same "
+        "command again to finish\n"
+    )
 
 
 def merge(dataset: str | os.PathLike, *, audit: str | os.PathLike | None = None) -> LabelSummary:
@@ -459,6 +489,7 @@ def merge(dataset: str | os.PathLike, *, audit: str | os.PathLike | None = None)
     summary.assembly = _assemble(out, manifest, None)
     summary.images = summary.done_before = summary.assembly.images + len(summary.assembly.errors)
     summary.failed_files = [e["file_name"] for e in summary.assembly.errors]
+    summary.errors = list(summary.assembly.errors)
     if existing is not None:
         from grounded_sam.engine.audit import audit_dataset
 

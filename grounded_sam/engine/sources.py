@@ -99,7 +99,10 @@ def _inside(path: Path, folder: Path | None) -> bool:
 
 
 def list_images(
-    inputs: Sequence[str | os.PathLike], *, exclude: str | os.PathLike | None = None
+    inputs: Sequence[str | os.PathLike],
+    *,
+    exclude: str | os.PathLike | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[list[ImageTask], list[dict]]:
     """The images of ``inputs`` (files or folders, walked recursively), sorted by
     ``file_name``, and the sources to record in the manifest.
@@ -109,9 +112,16 @@ def list_images(
     (the dataset folder itself) are skipped. A file given directly is taken whatever its
     extension (reading it decides).
 
+    Each file is listed once: inputs are compared by their real paths (symbolic links
+    resolved); an input given twice, or a folder or file that the walk of another input
+    folder already covers, is dropped before the names are chosen (so ``photos photos/sub``
+    names the images as ``photos`` alone does); a file reached under several names (links)
+    keeps the first of them (inputs in the order given, then by ``file_name``). What was
+    dropped is described by one line appended to ``notes`` (when given).
+
     Raises:
-        InputError: an input that does not exist, two images with the same ``file_name``,
-            or no image at all.
+        InputError: an input that does not exist, two different images with the same
+            ``file_name``, or no image at all.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -122,16 +132,16 @@ def list_images(
     for p in paths:
         if not p.exists():
             raise InputError(f"image or folder {str(p)!r} not found")
+    dropped: list[str] = []
+    paths = _distinct_inputs(paths, excluded, dropped)
     n_folders = sum(1 for p in paths if p.is_dir())
-    seen: dict[str, str] = {}
-    tasks: list[ImageTask] = []
+    found: list[tuple[int, bool, str, Path]] = []  # (input, is a link, file_name, path)
     sources: list[dict] = []
     for p in paths:
         if p.is_dir():
             root = p.resolve()
             prefix = root.name if n_folders > 1 else ""
             sources.append({"kind": "folder", "path": str(root), "prefix": prefix})
-            found = []
             for dirpath, dirnames, filenames in os.walk(root):
                 here = Path(dirpath)
                 dirnames[:] = sorted(
@@ -139,14 +149,36 @@ def list_images(
                 )
                 for name in filenames:
                     if _is_image(name):
-                        found.append(here / name)
-            for f in found:
-                rel = f.relative_to(root).as_posix()
-                tasks.append(_task(f"{prefix}/{rel}" if prefix else rel, f, seen))
+                        f = here / name
+                        rel = f.relative_to(root).as_posix()
+                        file_name = f"{prefix}/{rel}" if prefix else rel
+                        found.append((len(sources), f.is_symlink(), file_name, f))
         else:
             f = p.resolve()
             sources.append({"kind": "file", "path": str(f), "prefix": ""})
-            tasks.append(_task(f.name, f, seen))
+            found.append((len(sources), False, f.name, f))
+    # the same file under two names (a symbolic link): label it once, under the name of the
+    # first input that has it, the file itself rather than a link to it, the first name
+    first: dict[str, str] = {}
+    links: list[tuple[str, str]] = []
+    unique: list[tuple[str, Path]] = []
+    for _, _, name, f in sorted(found):
+        real = os.path.realpath(f)
+        if real in first:
+            links.append((name, first[real]))
+            continue
+        first[real] = name
+        unique.append((name, f))
+    if links:
+        many = len(links) > 1
+        dropped.append(
+            f"{len(links)} file{'s' if many else ''} reached under more than one name (e.g. "
+            f"{links[0][0]!r} is {links[0][1]!r})"
+        )
+    if notes is not None and dropped:
+        notes.append(f"{'; '.join(dropped)}: each image is labelled once")
+    seen: dict[str, str] = {}
+    tasks = [_task(name, f, seen) for name, f in unique]
     if not tasks:
         where = ", ".join(repr(str(p)) for p in paths)
         raise InputError(
@@ -154,6 +186,52 @@ def list_images(
         )
     tasks.sort(key=lambda t: t.file_name)
     return tasks, sources
+
+
+def _covered(path: Path, folder: Path, excluded: Path | None, *, is_dir: bool) -> bool:
+    """Whether walking ``folder`` (a real path) reaches the real path ``path`` itself: it lies
+    inside, through no hidden folder, outside ``excluded``, and (a file) has an image
+    extension and no hidden name."""
+    if path == folder or not _inside(path, folder):
+        return False
+    parts = path.relative_to(folder).parts
+    if any(part.startswith(".") for part in parts):
+        return False
+    if _inside(path, excluded):
+        return False
+    return is_dir or _is_image(path.name)
+
+
+def _distinct_inputs(paths: list[Path], excluded: Path | None, dropped: list[str]) -> list[Path]:
+    """``paths`` without those given twice (same real path) or covered by the walk of another
+    input folder; what was dropped, and why, is appended to ``dropped``."""
+    real = [p.resolve() for p in paths]
+    # outermost first, so a message names the folder that covers the most
+    folders = sorted(
+        ((r, p) for r, p in zip(real, paths, strict=True) if r.is_dir()),
+        key=lambda rp: len(rp[0].parts),
+    )
+    kept: list[Path] = []
+    seen: dict[Path, bool] = {}  # real path -> kept
+    reasons: list[str] = []
+    for p, r in zip(paths, real, strict=True):
+        if r in seen:
+            if seen[r]:  # (a dropped one is already explained)
+                reasons.append(f"{str(p)!r} was given twice")
+            continue
+        outer = next(
+            (fp for fr, fp in folders if _covered(r, fr, excluded, is_dir=r.is_dir())), None
+        )
+        seen[r] = outer is None
+        if outer is not None:
+            reasons.append(f"{str(p)!r} is inside {str(outer)!r}")
+            continue
+        kept.append(p)
+    reasons = list(dict.fromkeys(reasons))
+    if len(reasons) > 3:  # one line, whatever a shell glob expanded to
+        reasons[2:] = [f"{reasons[2]} (and {len(reasons) - 3} more)"]
+    dropped += reasons
+    return kept
 
 
 def _task(file_name: str, path: Path, seen: dict[str, str]) -> ImageTask:

@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from engine_helpers import tree, write_photos
+from engine_helpers import tree, write_bad_files, write_photos
 
 from grounded_sam.engine import dataset as ds
 from grounded_sam.testing.pipeline import error_lines, run_cli
@@ -138,3 +138,104 @@ def test_label_then_export_as_a_user_would(cli_models, tmp_path, capsys):
     assert (yolo / "labels" / "black.txt").read_text() == ""
     n = len(json.loads((out / ds.ANNOTATIONS).read_text())["annotations"])
     assert len((yolo / "labels" / "chelsea.txt").read_text().splitlines()) == n
+
+
+def test_overlapping_inputs_label_each_file_once(cli_models, tmp_path, capsys):
+    """``a a/b a/black.png a/black.png``: every file once, named as ``a`` alone names it,
+    with one note line; the same file given twice is not a name clash."""
+    folder = tmp_path / "a"
+    write_photos(folder, kinds=("black",))
+    write_photos(folder / "b", kinds=("black",))
+    out = tmp_path / "ds"
+    inputs = [folder, folder / "b", folder / "black.png", folder / "black.png"]
+    argv = [*inputs, "--classes", "cat", "--out", out, "--quiet", *cli_models]
+    rc, stdout, err = run_cli("label", argv, capsys)
+    assert rc == 0, err
+    assert err.splitlines() == [
+        f"note: {str(folder / 'b')!r} is inside {str(folder)!r}; "
+        f"{str(folder / 'black.png')!r} is inside {str(folder)!r}: each image is labelled once"
+    ]
+    assert stdout.splitlines()[0].startswith("2 images: 2 labelled now (")
+    doc = ds.read_annotations(out)
+    assert [img["file_name"] for img in doc["images"]] == ["b/black.png", "black.png"]
+    assert ds.read_manifest(out)["sources"] == [
+        {"kind": "folder", "path": str(folder.resolve()), "prefix": ""}
+    ]
+
+
+def test_input_errors_come_before_any_model_is_loaded(cli_models, tmp_path, capsys, monkeypatch):
+    from grounded_sam.engine.labeler import Labeler
+
+    def no_models(cls, config):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(Labeler, "from_config", classmethod(no_models))
+    one, two = (
+        write_photos(tmp_path / "x", ("black",))[0],
+        write_photos(tmp_path / "y", ("black",))[0],
+    )
+    out = tmp_path / "ds"
+    rc, stdout, err = run_cli(
+        "label", [one, two, "--classes", "cat", "--out", out, *cli_models], capsys
+    )
+    assert rc == 2 and stdout == ""
+    assert err.splitlines() == [
+        f"error: two images would both be named 'black.png' in the dataset ({str(one)!r} and "
+        f"{str(two)!r}); give their parent folders instead, or label them separately"
+    ]
+    assert not out.exists()
+
+
+def test_a_shard_run_says_why_each_image_failed(cli_models, tmp_path, capsys):
+    """The error lines of a ``--shard`` run give each image's reason, as an unsharded run
+    (here ``--merge``, which assembles the same units) prints them."""
+    photos = tmp_path / "photos"
+    write_photos(photos, kinds=("black",))
+    write_bad_files(photos)
+    out = tmp_path / "ds"
+    argv = [photos, "--classes", "cat", "--out", out, "--quiet", *cli_models]
+    rc, stdout, err = run_cli("label", [*argv, "--shard", "0/1"], capsys)
+    assert rc == 2 and stdout.startswith("shard 0/1: 4 images: 1 labelled now")
+    sharded = error_lines(err)
+    assert [line.split(": ")[1] for line in sharded] == ["empty.jpg", "notes.jpg", "truncated.jpg"]
+    assert "see its unit" not in err
+    assert sharded[0] == "error: empty.jpg: image file 'empty.jpg' is empty (0 bytes)"
+    rc, _, err = run_cli("label", ["--merge", out], capsys)
+    assert rc == 2 and error_lines(err) == sharded
+
+
+@pytest.mark.parametrize("stage", ["label", "load"])
+def test_ctrl_c_says_how_to_finish_even_when_quiet(
+    stage, cli_models, tmp_path, capsys, monkeypatch
+):
+    from grounded_sam.engine.labeler import Labeler
+    from grounded_sam.engine.runners import LocalRunner
+
+    def interrupted_run(self, labeler, tasks, commit, *, store=None):
+        commit(labeler.label_batch(tasks[:1])[0])
+        raise KeyboardInterrupt
+
+    def interrupted_load(cls, config):
+        raise KeyboardInterrupt
+
+    if stage == "label":
+        monkeypatch.setattr(LocalRunner, "run", interrupted_run)
+    else:
+        monkeypatch.setattr(Labeler, "from_config", classmethod(interrupted_load))
+    photos = tmp_path / "photos"
+    write_photos(photos, kinds=("black", "coffee"))
+    out = tmp_path / "ds"
+    argv = [photos, "--classes", "cat", "--out", out, "--quiet", *cli_models]
+    rc, stdout, err = run_cli("label", argv, capsys)
+    assert rc == 130 and stdout == ""
+    hint = {
+        "label": "interrupted after 1 of 2 images; the work done is saved: run the same command "
+        "again to finish",
+        "load": "interrupted before any image was labelled: run the same command again to "
+        "label them",
+    }[stage]
+    assert err.splitlines() == [hint, "error: interrupted"]
+    if stage == "label":  # what was done is assembled
+        assert [img["file_name"] for img in ds.read_annotations(out)["images"]] == ["black.png"]
+    else:
+        assert not out.exists()

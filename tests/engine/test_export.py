@@ -18,6 +18,7 @@ from grounded_sam.engine.export_formats import (
     read_masks_dir,
     read_yolo_labels,
 )
+from grounded_sam.errors import InputError
 from grounded_sam.masks import decode_rle, encode_rle
 from grounded_sam.testing.pipeline import run_cli
 
@@ -212,4 +213,93 @@ def test_export_cli(synthetic, tmp_path, capsys):
     rc, _, err = run_cli(
         "export", [folder, "--format", "masks", "--out", tmp_path / "m", "--copy-images"], capsys
     )
-    assert rc == 2 and err == "error: --copy-images / --no-images apply to --format yolo-seg only\n"
+    assert rc == 2 and err == (
+        "error: --copy-images applies to --format yolo-seg only (masks is made from the "
+        "annotations alone)\n"
+    )
+    rc, _, err = run_cli(
+        "export",
+        [folder, "--format", "coco-polygons", "--out", tmp_path / "p", "--images", images],
+        capsys,
+    )
+    assert rc == 2 and err.startswith("error: --images applies to --format yolo-seg only")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "p").exists()
+
+
+def _no_trace(parent, name):
+    return not [p for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}.")]
+
+
+def test_yolo_export_refuses_missing_images(synthetic, tmp_path, capsys):
+    """Source images not found: one error saying how many, which and the fix, exit 2, and
+    no output folder (nor its new parent folders, nor a temporary one)."""
+    folder, images, _ = synthetic
+    out = tmp_path / "new" / "yolo"
+    rc, stdout, err = run_cli("export", [folder, "--format", "yolo-seg", "--out", out], capsys)
+    assert rc == 2 and stdout == ""
+    assert err.splitlines() == [
+        "error: 2 of 2 source images were not found ('a.png', 'sub/b.png'); the dataset "
+        "records no image folder (no label.json sources) and no --images was given: give the "
+        "folder that holds them with --images DIR (repeatable), or --no-images to write the "
+        "labels only"
+    ]
+    assert _no_trace(tmp_path, "new")
+    # some found: still refused by default, the way out named
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "a.png").symlink_to(images / "a.png")
+    out = tmp_path / "yolo"
+    argv = [folder, "--format", "yolo-seg", "--out", out, "--images", partial]
+    rc, stdout, err = run_cli("export", argv, capsys)
+    assert rc == 2 and stdout == ""
+    assert err.splitlines() == [
+        f"error: 1 of 2 source images were not found ('sub/b.png'); looked in {str(partial)!r}: "
+        "give the folder that holds them with --images DIR (repeatable), or "
+        "--allow-missing-images to export the 1 found, or --no-images to write the labels only"
+    ]
+    assert _no_trace(tmp_path, "yolo")
+    with pytest.raises(InputError, match="1 of 2 source images were not found"):
+        export_dataset(folder, "yolo-seg", tmp_path / "api", image_roots=[partial])
+    # the explicit opt-in exports what exists, with a warning on stderr
+    rc, stdout, err = run_cli("export", [*argv, "--allow-missing-images"], capsys)
+    assert rc == 0
+    assert stdout.splitlines() == [
+        f"exported 1 images, 5 instances as yolo-seg -> {out}",
+        f"train with: yolo segment train data={out / 'data.yaml'}",
+    ]
+    assert err.splitlines() == [
+        "warning: 1 of 2 images were left out: their source images were not found "
+        "('sub/b.png'); give their folder with --images DIR to export them too"
+    ]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir()) == [
+        "data.yaml",
+        "images/a.png",
+        "labels/a.txt",
+    ]
+    # none found is refused even so; labels alone need no image
+    rc, _, err = run_cli(
+        "export",
+        [folder, "--format", "yolo-seg", "--out", tmp_path / "none", "--images", tmp_path / "new2"],
+        capsys,
+    )
+    assert rc == 2 and err == f"error: --images {str(tmp_path / 'new2')!r}: no such folder\n"
+    (tmp_path / "empty").mkdir()
+    rc, _, err = run_cli(
+        "export",
+        [folder, "--format", "yolo-seg", "--out", tmp_path / "none", "--images", tmp_path / "empty"]
+        + ["--allow-missing-images"],
+        capsys,
+    )
+    assert rc == 2 and err.startswith("error: 2 of 2 source images were not found")
+    assert _no_trace(tmp_path, "none")
+    rc, stdout, err = run_cli(
+        "export", [folder, "--format", "yolo-seg", "--out", tmp_path / "lab", "--no-images"], capsys
+    )
+    assert rc == 0 and err == "" and not (tmp_path / "lab" / "images").exists()
+    assert stdout.splitlines()[1].startswith(
+        f"labels only: put the images in {tmp_path / 'lab' / 'images'} (the dataset's "
+        "file_names), then train with: yolo segment train data="
+    )
+    # the formats made from the annotations alone need no image
+    rc, _, err = run_cli("export", [folder, "--format", "masks", "--out", tmp_path / "m"], capsys)
+    assert rc == 0 and err == ""

@@ -77,6 +77,70 @@ def test_list_images_errors(tmp_path, layout, message):
         list_images(inputs)
 
 
+def test_each_file_is_listed_once_whatever_the_inputs(tmp_path):
+    """Overlapping folders, a file inside a given folder, the same path twice, a link: each
+    file once, named as if only the covering folder had been given, with one note line."""
+    root = tmp_path / "a"
+    _touch(root / "c1.png")
+    _touch(root / "b" / "c2.png")
+    alone, alone_sources = list_images([root])
+    notes: list[str] = []
+    inputs = [root / "b", root, root / "c1.png", root / "c1.png", tmp_path / "a" / "b" / ".."]
+    tasks, sources = list_images(inputs, notes=notes)
+    assert (tasks, sources) == (alone, alone_sources)
+    assert [t.file_name for t in tasks] == ["b/c2.png", "c1.png"]
+    assert notes == [
+        f"{str(root / 'b')!r} is inside {str(root)!r}; {str(root / 'c1.png')!r} is inside "
+        f"{str(root)!r}; {str(tmp_path / 'a' / 'b' / '..')!r} was given twice: each image is "
+        "labelled once"
+    ]
+    # the same file twice (directly, then through a link): once, no name clash
+    os.symlink(root / "c1.png", tmp_path / "link.png")
+    notes = []
+    tasks, sources = list_images(
+        [root / "c1.png", root / "c1.png", tmp_path / "link.png"], notes=notes
+    )
+    assert [t.file_name for t in tasks] == ["c1.png"] and len(sources) == 1
+    assert notes == [
+        f"{str(root / 'c1.png')!r} was given twice; {str(tmp_path / 'link.png')!r} was given "
+        "twice: each image is labelled once"
+    ]
+    # a link inside a folder to another of its files: the file itself is kept
+    os.symlink(root / "c1.png", root / "b" / "same.png")
+    notes = []
+    tasks, _ = list_images([root], notes=notes)
+    assert [t.file_name for t in tasks] == ["b/c2.png", "c1.png"]
+    assert notes == [
+        "1 file reached under more than one name (e.g. 'b/same.png' is 'c1.png'): each "
+        "image is labelled once"
+    ]
+    # nothing dropped: no note
+    notes = []
+    list_images([root / "b"], notes=notes)
+    assert notes == []
+
+
+def test_inputs_the_walk_skips_are_kept(tmp_path):
+    """A hidden folder, a non-image file or the dataset folder inside a given folder are not
+    walked into, so given directly they are labelled (under their own names)."""
+    root = tmp_path / "photos"
+    _touch(root / "a.jpg")
+    _touch(root / ".hidden" / "h.jpg")
+    notes_file = _touch(root / "notes.txt")
+    _touch(root / "ds" / "d.jpg")
+    notes: list[str] = []
+    tasks, sources = list_images(
+        [root, root / ".hidden", notes_file, root / "ds"], exclude=root / "ds", notes=notes
+    )
+    assert [t.file_name for t in tasks] == [
+        ".hidden/h.jpg",
+        "ds/d.jpg",
+        "notes.txt",
+        "photos/a.jpg",
+    ]
+    assert notes == [] and len(sources) == 4
+
+
 def test_missing_input(tmp_path):
     with pytest.raises(InputError) as e:
         list_images([tmp_path / "nope"])
