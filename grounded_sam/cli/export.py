@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from grounded_sam.cli._common import UsageError, add_debug_arg, atomic_dir
+from grounded_sam.io import dir_mode
 
 __all__ = ["add_parser", "run"]
 
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             _remove_empty(out.parent, created)
         raise
     # the temporary folder was private (0700); give the result the usual permissions
-    os.chmod(out, 0o777 & ~_umask())
+    os.chmod(out, dir_mode())
     summary.out = out
     for line in summary.lines():
         print(line)
@@ -148,9 +149,3 @@ def _remove_empty(folder: Path, up_to: Path) -> None:
             return
         if p == up_to:
             return
-
-
-def _umask() -> int:
-    from grounded_sam.engine.dataset import file_mode
-
-    return 0o666 & ~file_mode()

@@ -49,7 +49,6 @@ the file now; error units are retried on every run.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -61,6 +60,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from grounded_sam.errors import InputError
+from grounded_sam.io import file_mode
 
 __all__ = [
     "ANNOTATIONS",
@@ -122,20 +122,6 @@ _STALE_SECONDS = 600  # a unit is written in well under a second; older temporar
 
 
 # --------------------------------------------------------------------------- files
-@functools.cache
-def file_mode() -> int:
-    """0o666 minus the process umask (what ``open()`` would give), read without changing it:
-    ``mkstemp`` makes 0600 files, which other users and tools could not read."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o644
-
-
 def _mkstemp(path: Path) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=path.suffix, dir=path.parent)
