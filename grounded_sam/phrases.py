@@ -2,8 +2,11 @@
 
 ``"A cat. a dog."`` and ``["A cat", "a dog"]`` both become ``["A cat", "a dog"]``:
 
-- each item is split on ``"."``; whitespace is collapsed to single spaces; empty phrases are
-  dropped;
+- each item is split on ``"."`` (the only separator: a comma does *not* separate phrases,
+  so ``"a red, shiny car"`` is one phrase, as in LangSAM and Grounding DINO's captions;
+  the ``label`` command's class list is a different format); whitespace is collapsed to
+  single spaces; empty phrases, and phrases with no letter or digit (``","``, ``"-"``,
+  ``"..."``), are dropped;
 - case is kept as written, and a phrase that differs from an earlier one only by case is a
   duplicate (``"a cat. A Cat."`` gives ``["a cat"]``): detectors match text case-insensitively
   (Grounding DINO's BERT and CLIP's tokenizer both lower-case), so two such phrases would be
@@ -24,10 +27,14 @@ __all__ = ["parse_phrases", "join_phrases"]
 def parse_phrases(text: str | Sequence[str]) -> list[str]:
     """Split and clean a text prompt into phrases (see the module docstring).
 
+    ``"."`` separates phrases; commas do not (``"a red, shiny car. a dog"`` gives
+    ``["a red, shiny car", "a dog"]``). Phrases without any letter or digit are dropped.
+
     Idempotent: ``parse_phrases(parse_phrases(t)) == parse_phrases(t)``.
 
     Raises:
-        InputError: ``text`` is not a string or a list/tuple of strings, or no phrase is left.
+        InputError: ``text`` is not a string or a list/tuple of strings, or no phrase is left
+            (an empty prompt, or one of punctuation only such as ``",,,"``).
     """
     if isinstance(text, str):
         items = [text]
@@ -50,7 +57,7 @@ def parse_phrases(text: str | Sequence[str]) -> list[str]:
         for part in item.split("."):
             phrase = " ".join(part.split())
             key = phrase.casefold()
-            if phrase and key not in seen:
+            if key not in seen and any(c.isalnum() for c in phrase):
                 seen.add(key)
                 phrases.append(phrase)
     if not phrases:

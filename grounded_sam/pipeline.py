@@ -79,11 +79,69 @@ class EmbeddingCache:
         return key in self._items
 
 
+def _check_detector_options(name: str, kwargs: dict) -> None:
+    """Check ``kwargs`` against the options detector ``name`` declares (or, undeclared, its
+    constructor's keywords) and their values, without building it (no weights are read).
+
+    Raises:
+        InputError: an option it does not take (with a did-you-mean when one is close), or a
+            value of the wrong type or range.
+    """
+    import difflib
+    import inspect
+
+    from grounded_sam.detectors.base import detector_factory, detector_options
+
+    factory = detector_factory(name)
+    declared = getattr(factory, "options", None)
+    options = detector_options(name)
+    if declared is None or callable(declared):  # options read from the constructor
+        try:
+            params = inspect.signature(factory).parameters.values()
+        except (TypeError, ValueError):
+            return
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return  # takes any keyword: the detector checks its own
+    known = {o.name: o for o in options}
+    for key in sorted(kwargs):
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            accepted = ", ".join(sorted(known)) or "none"
+            raise InputError(
+                f"detector {name!r} takes no option {key!r}{hint}; its options: {accepted}"
+            )
+        if declared is not None and not callable(declared):
+            known[key].parse(kwargs[key], where=f"detector option {key}")
+
+
 def _pick_best(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, C, H, W), (N, C) -> the highest-scoring candidate per prompt: (N, H, W), (N,)."""
     best = scores.argmax(axis=1)
     rows = np.arange(masks.shape[0])
     return masks[rows, best], scores[rows, best].astype(np.float32)
+
+
+def _image_list(images) -> list:
+    """``segment_batch``'s images as a list; one image (a path, a PIL image, an (H, W[, C])
+    array) or a non-iterable is an :class:`InputError` pointing at ``segment``."""
+    fix = "use segment(image, text) for one image, or pass a list: segment_batch([image], text)"
+    single = None
+    if isinstance(images, (str, bytes, os.PathLike)):
+        single = f"a single path ({os.fsdecode(images)!r})"
+    elif isinstance(ndim := getattr(images, "ndim", None), int) and ndim <= 3:
+        # a numpy array or tensor holding one image
+        single = f"a single {ndim}-D array of shape {tuple(images.shape)}"
+    elif hasattr(images, "getbands") and hasattr(images, "size"):  # PIL.Image.Image
+        single = f"a single {type(images).__name__}"
+    if single is not None:
+        raise InputError(f"segment_batch takes a list of images, got {single}; {fix}")
+    try:
+        return list(images)
+    except TypeError:
+        raise InputError(
+            f"segment_batch takes a list of images, got {type(images).__name__}; {fix}"
+        ) from None
 
 
 class GroundedSAM:
@@ -106,7 +164,13 @@ class GroundedSAM:
             Detectors that take a device get the SAM's.
         cache_size: how many image embeddings to keep (LRU, keyed on the image content).
         **detector_kwargs: the detector's options (e.g. ``box_threshold=0.35``, ``model=...``,
-            ``yolo=...``, ``clip=...``); only with a detector name.
+            ``yolo=...``, ``clip=...``); only with a detector name. They are checked here
+            against the options the detector declares (a misspelt name or a bad value is an
+            :class:`InputError` at once), though the detector is built on first use.
+
+    Raises:
+        InputError: unknown detector, SAM variant or detector option, a bad option value, a
+            ``device`` this machine does not have, or arguments that do not go together.
 
     Attributes:
         predictor: the :class:`SamPredictor` every SAM call goes through.
@@ -140,6 +204,7 @@ class GroundedSAM:
                 raise InputError(
                     f"unknown detector {detector!r}; known detectors: {', '.join(list_detectors())}"
                 )
+            _check_detector_options(detector, detector_kwargs)  # without building it
             self.detector_name = detector
             self._detector = None
             self._detector_kwargs = dict(detector_kwargs)
@@ -462,10 +527,18 @@ class GroundedSAM:
         ``timings["total"]`` is the sum of the image's own loading, detector, encoder and
         decoder seconds.
 
+        Args:
+            images: a list (or other iterable, or an ``(N, H, W, 3)`` array) of images, each
+                anything :meth:`segment` takes; for one image use :meth:`segment`.
+
         Returns:
             one :class:`Result` per image, in order.
+
+        Raises:
+            InputError: one image (a path, PIL image or ``(H, W[, 3])`` array) instead of a
+                list, ``texts`` of another length, bad text or ``batch_size``.
         """
-        images = list(images)
+        images = _image_list(images)
         if isinstance(texts, str):
             texts = [texts] * len(images)
         elif isinstance(texts, (list, tuple)):

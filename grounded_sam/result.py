@@ -6,7 +6,12 @@ Export (COCO, JSON, PNG) lives in :mod:`grounded_sam.export` and drawing in
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import shutil
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,9 +19,86 @@ import numpy as np
 
 from grounded_sam.errors import InputError
 
-__all__ = ["Result", "TIMING_KEYS"]
+__all__ = ["Result", "TIMING_KEYS", "check_export_args"]
 
 TIMING_KEYS = ("detector", "encoder", "decoder", "total")
+
+# what Result.save writes: a folder holding only these is a previous result it may replace
+_SAVED_FILES = ("result.json", "overlay.png")
+_SAVED_MASK = re.compile(r"\d{3,}_.*\.png")
+
+
+def _check_int(name: str, value: object) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{name} must be an integer, got {type(value).__name__} ({value!r})")
+    return int(value)
+
+
+def check_export_args(
+    labels: list[str],
+    image_id: object = 1,
+    category_ids: object = None,
+    first_annotation_id: object = 1,
+) -> None:
+    """Check the arguments of the COCO / JSON export of a result with ``labels``.
+
+    ``image_id`` and ``first_annotation_id`` must be integers (a numpy integer is fine, a
+    string such as ``"img1"`` or ``"1"`` is not: COCO ids are numbers); ``category_ids``
+    ``None`` or a ``{label: int id}`` mapping with an id for every label.
+
+    Raises:
+        InputError: naming the argument, the value received and what is expected.
+    """
+    _check_int("image_id", image_id)
+    _check_int("first_annotation_id", first_annotation_id)
+    if category_ids is None:
+        return
+    if not isinstance(category_ids, Mapping):
+        raise InputError(
+            f"category_ids must be a dict {{label: integer id}}, got {type(category_ids).__name__}"
+        )
+    for label, cid in category_ids.items():
+        if not isinstance(label, str):
+            raise InputError(f"category_ids keys must be label strings, got {label!r}")
+        _check_int(f"category_ids[{label!r}]", cid)
+    missing = sorted(set(labels) - set(category_ids))
+    if missing:
+        raise InputError(
+            f"category_ids has no id for the labels {missing}; "
+            f"give one for every label, got keys {sorted(category_ids)}"
+        )
+
+
+def _why_unwritable(folder: Path, e: OSError) -> str:
+    for p in (folder, *folder.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                return f"{str(p)!r} is a file, not a folder"
+            break
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return e.strerror or str(e)
+
+
+def _foreign_files(folder: Path) -> list[str]:
+    """Entries of ``folder`` that :meth:`Result.save` did not write (relative names)."""
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name in _SAVED_FILES and entry.is_file() and not entry.is_symlink():
+            continue
+        if entry.name == "masks" and entry.is_dir() and not entry.is_symlink():
+            foreign += [
+                f"masks/{m.name}"
+                for m in sorted(entry.iterdir())
+                if not (m.is_file() and not m.is_symlink() and _SAVED_MASK.fullmatch(m.name))
+            ]
+            continue
+        foreign.append(entry.name + ("/" if entry.is_dir() else ""))
+    return foreign
+
+
+def _sibling(final: Path, tag: str) -> Path:
+    return final.with_name(f".{final.name}.{tag}-{uuid.uuid4().hex[:8]}")
 
 
 @dataclass(eq=False)
@@ -124,9 +206,14 @@ class Result:
 
     # ------------------------------------------------------------------ shortcuts
     def category_ids(self, category_ids: dict[str, int] | None = None) -> dict[str, int]:
-        """Label -> COCO category id (see :func:`grounded_sam.export.category_ids`)."""
+        """Label -> COCO category id (see :func:`grounded_sam.export.category_ids`).
+
+        Raises:
+            InputError: ``category_ids`` is not a ``{label: int}`` dict covering every label.
+        """
         from grounded_sam.export import category_ids as _ids
 
+        check_export_args(self.labels, category_ids=category_ids)
         return _ids(self, category_ids)
 
     def to_coco(
@@ -136,15 +223,26 @@ class Result:
         *,
         first_annotation_id: int = 1,
     ) -> list[dict]:
-        """COCO annotation dicts with RLE masks (see :func:`grounded_sam.export.to_coco`)."""
+        """COCO annotation dicts with RLE masks (see :func:`grounded_sam.export.to_coco`).
+
+        Raises:
+            InputError: ``image_id`` or ``first_annotation_id`` not an integer, or
+                ``category_ids`` not a ``{label: int}`` dict covering every label.
+        """
         from grounded_sam.export import to_coco
 
+        check_export_args(self.labels, image_id, category_ids, first_annotation_id)
         return to_coco(self, image_id, category_ids, first_annotation_id=first_annotation_id)
 
     def to_json(self, image_id: int = 1, category_ids: dict[str, int] | None = None) -> dict:
-        """What :meth:`save` writes as ``result.json`` (see :func:`grounded_sam.export.to_json`)."""
+        """What :meth:`save` writes as ``result.json`` (see :func:`grounded_sam.export.to_json`).
+
+        Raises:
+            InputError: as for :meth:`to_coco`.
+        """
         from grounded_sam.export import to_json
 
+        check_export_args(self.labels, image_id, category_ids)
         return to_json(self, image_id, category_ids)
 
     def overlay(self, image: np.ndarray | None = None, alpha: float = 0.5) -> np.ndarray:
@@ -170,9 +268,91 @@ class Result:
         alpha: float = 0.5,
     ) -> Path:
         """Write ``result.json``, ``overlay.png`` and ``masks/NNN_<label>.png`` into ``out_dir``
-        (see :func:`grounded_sam.export.save_result`). Returns ``Path(out_dir)``."""
-        from grounded_sam.export import save_result
+        (see :func:`grounded_sam.export.save_result`). Returns ``Path(out_dir)``.
 
-        return save_result(
-            self, out_dir, image, image_id=image_id, category_ids=category_ids, alpha=alpha
-        )
+        All or nothing: every argument is checked first, the output is written into a
+        temporary folder beside ``out_dir`` and renamed into place at the end, so a failure
+        leaves nothing half-written. ``out_dir`` may be new, empty, or an earlier
+        ``save`` output, which is replaced as a whole (no stale masks or ``result.json``
+        survive). A folder holding other files is refused, never emptied.
+
+        Raises:
+            InputError: a bad argument (``image_id``, ``category_ids``, ``alpha``, an image
+                of another size), ``out_dir`` is a file or holds files that are not a saved
+                result's, or it cannot be written (the message names the path).
+        """
+        from grounded_sam.export import save_result
+        from grounded_sam.visualize import result_image
+
+        # ---- every argument checked before anything is written
+        if not isinstance(out_dir, (str, os.PathLike)):
+            raise InputError(
+                f"out_dir must be a folder path (str or pathlib.Path), got {type(out_dir).__name__}"
+            )
+        check_export_args(self.labels, image_id, category_ids)
+        if (
+            isinstance(alpha, (bool, np.bool_))
+            or not isinstance(alpha, (int, float, np.integer, np.floating))
+            or not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0)
+        ):
+            raise InputError(f"alpha (mask opacity) must be a number in [0, 1], got {alpha!r}")
+        img = None if image is None and self.image is None else result_image(self, image)
+        out = Path(out_dir)
+        final = Path(os.path.realpath(out) if out.is_symlink() else os.path.abspath(out))
+        if final == final.parent or final == Path.cwd():
+            raise InputError(
+                f"cannot save the result to {str(out)!r} (the filesystem root or the current "
+                "folder); pass a folder path such as 'out/cat'"
+            )
+        if final.exists():
+            if not final.is_dir():
+                raise InputError(
+                    f"cannot save the result to {str(out)!r}: it exists and is not a folder; "
+                    "pass a new folder path"
+                )
+            try:
+                foreign = _foreign_files(final)
+            except OSError as e:
+                raise InputError(
+                    f"cannot save the result to {str(out)!r}: {_why_unwritable(final, e)}"
+                ) from e
+            if foreign:
+                more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+                raise InputError(
+                    f"cannot save the result to {str(out)!r}: the folder holds files that are "
+                    f"not from a saved result ({', '.join(foreign[:5])}{more}); nothing was "
+                    "changed. Save into a new or empty folder, or move those files away"
+                )
+        # ---- written beside the destination, moved into place as a whole
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _sibling(final, "tmp")
+            tmp.mkdir()
+        except OSError as e:
+            raise InputError(
+                f"cannot save the result to {str(out)!r}: "
+                f"{_why_unwritable(final.parent, e)}; pass a folder you can write"
+            ) from e
+        try:
+            save_result(self, tmp, img, image_id=image_id, category_ids=category_ids, alpha=alpha)
+            if final.exists():
+                old = _sibling(final, "old")
+                os.replace(final, old)
+                try:
+                    os.replace(tmp, final)
+                except BaseException:
+                    os.replace(old, final)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise InputError(
+                f"cannot save the result to {str(out)!r}: {_why_unwritable(final.parent, e)}; "
+                "nothing was written (an earlier result there is kept)"
+            ) from e
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out

@@ -156,15 +156,24 @@ def test_save_writes_json_masks_and_overlay(tmp_path):
     np.testing.assert_array_equal(np.array(Image.open(out / "overlay.png")), r.overlay())
 
 
-def test_save_again_replaces_stale_masks(tmp_path):
+def test_save_again_replaces_the_earlier_result_as_a_whole(tmp_path):
+    _result(3).save(tmp_path / "res")
+    _result(1, with_image=False).save(tmp_path / "res")
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["masks", "result.json"]
+    assert sorted(p.name for p in (tmp_path / "res" / "masks").iterdir()) == ["000_a_cat.png"]
+    assert len(json.loads((tmp_path / "res" / "result.json").read_text())["annotations"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]  # no temporary folder left
+
+
+def test_save_refuses_a_folder_with_other_files_and_changes_nothing(tmp_path):
     _result(3).save(tmp_path / "res")
     keep = tmp_path / "res" / "masks" / "notes.txt"
     keep.write_text("not ours")
-    _result(1).save(tmp_path / "res")
-    assert sorted(p.name for p in (tmp_path / "res" / "masks").iterdir()) == [
-        "000_a_cat.png",
-        "notes.txt",
-    ]
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with pytest.raises(InputError, match=r"not from a saved result \(masks/notes.txt\)"):
+        _result(1).save(tmp_path / "res")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    assert keep.read_text() == "not ours"
 
 
 def test_result_equality_is_identity():

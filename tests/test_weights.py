@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -260,9 +261,76 @@ def test_wrong_structure_is_refused(mirror, home, tiny_check):
 
 
 def test_http_error_names_the_url(mirror, home):
-    with pytest.raises(WeightsError, match=rf"HTTP 404.*{mirror.url}/{VIT_B}"):
+    with pytest.raises(WeightsError, match=rf"HTTP 404.*{mirror.url}/{VIT_B}") as info:
         weights.fetch("vit_b")
+    msg = str(info.value)  # and says what to do
+    assert f"check that GROUNDED_SAM_MIRROR ({mirror.url}/) holds {VIT_B}" in msg
+    assert f"by hand to {home / VIT_B}" in msg and "proxy" in msg
     assert cache_files(home) == []
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_unreachable_server_message_says_how_to_fix_it(home):
+    url = f"{_closed_port_url()}/unreachable.pth"
+    weights.register(
+        WeightEntry("unreachable-test", "sam", url, "unreachable.pth", None, 0.1, "MIT", "t")
+    )
+    try:
+        with pytest.raises(WeightsError, match=rf"download failed: cannot open {url}") as info:
+            weights.fetch("unreachable-test")
+    finally:
+        weights.unregister("unreachable-test")
+    msg = str(info.value)
+    assert "check the network connection and proxy settings (HTTPS_PROXY" in msg
+    assert "set GROUNDED_SAM_MIRROR to a server or file:// folder that holds unreachable.pth" in msg
+    assert f"or download {url} by hand to {home / 'unreachable.pth'}" in msg
+    assert cache_files(home) == []
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file"])
+def test_grounded_sam_home_that_cannot_be_a_folder(mirror, tmp_path, monkeypatch, where):
+    mirror.files[VIT_B] = to_bytes(tiny_state_dict())
+    f = tmp_path / "homefile"
+    f.write_text("x")
+    home = f if where == "file" else f / "cache"
+    monkeypatch.setenv("GROUNDED_SAM_HOME", str(home))
+    with pytest.raises(WeightsError) as info:
+        weights.fetch("vit_b")
+    msg = str(info.value)
+    assert f"GROUNDED_SAM_HOME={str(home)!r} cannot be used as the weights cache" in msg
+    assert f"{f} is a file, not a folder" in msg
+    assert "Point GROUNDED_SAM_HOME at a folder you can write" in msg
+    assert mirror.hits == {} and f.read_text() == "x"
+
+
+@pytest.mark.skipif(
+    sys.platform == "win32" or os.geteuid() == 0, reason="needs a non-root POSIX user"
+)
+def test_grounded_sam_home_without_write_permission(mirror, home, tiny_check):
+    mirror.files[VIT_B] = to_bytes(tiny_state_dict())
+    home.mkdir()
+    home.chmod(0o500)
+    try:
+        with pytest.raises(WeightsError, match=r"GROUNDED_SAM_HOME=.*permission denied"):
+            weights.fetch("vit_b")
+    finally:
+        home.chmod(0o700)
+
+
+def test_download_to_a_path_under_a_file(server, tmp_path):
+    server.files["w.bin"] = b"w" * 10
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match=r"cannot download to .*f/w.bin.*is a file, not a folder"):
+        weights.download(f"{server.url}/w.bin", tmp_path / "f" / "w.bin")
+    assert server.hits == {}
 
 
 @pytest.mark.parametrize("var", ["GROUNDED_SAM_OFFLINE", "HF_HUB_OFFLINE"])

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from grounded_sam.errors import InputError, WeightsError
 from grounded_sam.hub.download import (
+    download_fix,
     download_unlocked,
     lock_for,
     read_sidecar,
     sha256_file,
     sidecar,
+    why_unusable,
     write_sidecar,
 )
 from grounded_sam.hub.env import is_local_url, is_offline, path, url_for
@@ -98,6 +101,37 @@ def _changed_error(entry: WeightEntry, p: Path, recorded: str, actual: str) -> W
     )
 
 
+def _cache_folder_error(folder: Path, e: OSError) -> WeightsError:
+    why = why_unusable(folder, e)
+    home = os.environ.get("GROUNDED_SAM_HOME")
+    if home:
+        return WeightsError(
+            f"GROUNDED_SAM_HOME={home!r} cannot be used as the weights cache: {why}. Point "
+            "GROUNDED_SAM_HOME at a folder you can write (it is created when missing), or "
+            "unset it to use ~/.cache/grounded_sam"
+        )
+    return WeightsError(
+        f"the weights cache folder {str(folder)!r} cannot be used: {why}. Set "
+        "GROUNDED_SAM_HOME to a folder you can write"
+    )
+
+
+@contextlib.contextmanager
+def _cache_lock(dest: Path) -> Iterator[None]:
+    """Create the cache folder of ``dest`` and hold its file lock; a cache folder that
+    cannot be created or written raises :class:`WeightsError` naming ``GROUNDED_SAM_HOME``."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        lock = lock_for(dest)
+        lock.acquire()
+    except OSError as e:
+        raise _cache_folder_error(dest.parent, e) from e
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def fetch(name: str, *, force: bool = False) -> Path:
     """Local path of the weights called ``name``, downloading and verifying them when missing.
 
@@ -122,15 +156,16 @@ def fetch(name: str, *, force: bool = False) -> Path:
     Raises:
         ValueError: unknown name.
         WeightsError: offline with nothing cached (names the model, the expected path and the
-            URL), download/verification failure, or a changed cached file.
+            URL), download/verification failure (the message says what to check: network,
+            proxy, ``GROUNDED_SAM_MIRROR``, or where to put the file by hand), a changed
+            cached file, or a ``GROUNDED_SAM_HOME`` that cannot be created or written.
     """
     entry = get(name)
     if entry.kind not in FILE_KINDS:
         return fetch_hub(entry, offline=is_offline())
 
     dest = path(entry.name)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with lock_for(dest):
+    with _cache_lock(dest):
         if dest.is_file() and not force:
             actual = sha256_file(dest)
             recorded = read_sidecar(dest)
@@ -161,7 +196,18 @@ def fetch(name: str, *, force: bool = False) -> Path:
             with contextlib.suppress(FileNotFoundError):
                 sidecar(dest).unlink()
 
-        digest = download_unlocked(url, dest, entry.sha256, verify)
+        mirror = os.environ.get("GROUNDED_SAM_MIRROR", "").strip()
+        fix = download_fix(
+            url,
+            dest,
+            f"check that GROUNDED_SAM_MIRROR ({mirror}) holds {dest.name}, "
+            if mirror
+            else f"set GROUNDED_SAM_MIRROR to a server or file:// folder that holds {dest.name}, ",
+        )
+        try:
+            digest = download_unlocked(url, dest, entry.sha256, verify, fix)
+        except (PermissionError, FileNotFoundError) as e:  # the cache folder, not the network
+            raise _cache_folder_error(dest.parent, e) from e
         write_sidecar(dest, digest)
         return dest
 

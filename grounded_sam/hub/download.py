@@ -45,6 +45,18 @@ def sha256_file(p: Path) -> str:
     return h.hexdigest()
 
 
+def why_unusable(folder: Path, e: OSError) -> str:
+    """Why ``folder`` cannot be created or written, in words."""
+    for p in (folder, *folder.parents):
+        if p.exists():
+            if not p.is_dir():
+                return f"{p} is a file, not a folder"
+            break
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return e.strerror or str(e)
+
+
 def read_sidecar(p: Path) -> str | None:
     side = sidecar(p)
     if not side.is_file():
@@ -83,15 +95,17 @@ def _progress(total: int | None, desc: str) -> Iterator[Callable[[int], object]]
         yield bar.update
 
 
-def _stream(url: str, out: IO[bytes], desc: str) -> int:
-    """Copy ``url`` into ``out``; return the byte count. Raises WeightsError on any failure."""
+def _stream(url: str, out: IO[bytes], desc: str, fix: str = "") -> int:
+    """Copy ``url`` into ``out``; return the byte count. Raises WeightsError on any failure;
+    ``fix`` (what the user can do) ends the message when the URL cannot be opened."""
+    fix = f"; {fix}" if fix else ""
     try:
         resp = urllib.request.urlopen(url, timeout=_TIMEOUT_S)  # noqa: S310 - http/https/file only
     except urllib.error.HTTPError as e:
-        raise WeightsError(f"download failed: HTTP {e.code} {e.reason} for {url}") from e
+        raise WeightsError(f"download failed: HTTP {e.code} {e.reason} for {url}{fix}") from e
     except (urllib.error.URLError, OSError, ValueError, HTTPException) as e:
         reason = getattr(e, "reason", e)
-        raise WeightsError(f"download failed: cannot open {url} ({reason})") from e
+        raise WeightsError(f"download failed: cannot open {url} ({reason}){fix}") from e
     with resp:
         length = resp.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
@@ -118,16 +132,29 @@ def _stream(url: str, out: IO[bytes], desc: str) -> int:
     return received
 
 
+def download_fix(url: str, dest: Path, alternative: str = "") -> str:
+    """What to do when ``url`` cannot be downloaded to ``dest`` (ends the error message);
+    ``alternative`` (e.g. about a mirror) is offered before downloading by hand."""
+    if is_local_url(url):
+        return f"{alternative}or copy the file by hand to {dest}"
+    return (
+        "check the network connection and proxy settings (HTTPS_PROXY/HTTP_PROXY), "
+        f"{alternative}or download {url} by hand to {dest}"
+    )
+
+
 def download_unlocked(
     url: str,
     dest: Path,
     sha256: str | None,
     verify: Callable[[Path], None] | None,
+    fix: str | None = None,
 ) -> str:
     """Download to a temp file beside ``dest``, check sha256 and ``verify``, rename into place.
 
     Returns the sha256 of the file. On any failure the temp file is removed and ``dest`` is
-    left untouched.
+    left untouched. ``fix`` ends the message of a download that cannot start (default:
+    :func:`download_fix`).
     """
     if is_offline() and not is_local_url(url):
         raise WeightsError(
@@ -149,7 +176,9 @@ def download_unlocked(
                 return self.f.write(b)
 
         with os.fdopen(fd, "wb") as f:
-            _stream(url, _HashingWriter(f), desc=dest.name)  # type: ignore[arg-type]
+            _stream(  # type: ignore[arg-type]
+                url, _HashingWriter(f), desc=dest.name, fix=fix or download_fix(url, dest)
+            )
             f.flush()
             os.fsync(f.fileno())
         digest = h.hexdigest()
@@ -184,7 +213,14 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None) -> Pa
         len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256.lower())
     ):
         raise InputError(f"sha256 must be 64 hex digits, got {sha256!r}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        lock_for(dest)  # creates the lock folder
+    except OSError as e:
+        raise InputError(
+            f"cannot download to {str(dest)!r}: {why_unusable(dest.parent, e)}; pass a "
+            "destination in a folder you can write"
+        ) from e
     with lock_for(dest):
         if sha256 is not None and dest.is_file() and sha256_file(dest) == sha256.lower():
             return dest

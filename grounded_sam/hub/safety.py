@@ -135,12 +135,21 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         ``{key: tensor}`` with CPU tensors as stored (dtype unchanged).
 
     Raises:
-        WeightsError: the file is missing, empty, truncated, not a torch checkpoint, or holds
-            pickled objects other than tensors (their code is never run).
+        WeightsError: the file is missing or a directory, empty, truncated, not a torch
+            checkpoint, or holds pickled objects other than tensors (their code is never run).
     """
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(
+            p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".safetensors")
+        )
+        hint = f" (this folder holds {', '.join(inside[:5])})" if inside else ""
+        raise WeightsError(
+            f"checkpoint {str(path)!r} is a directory, expected a .pt/.pth file{hint}; pass "
+            "the path of the checkpoint file itself"
+        )
     if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {str(path)!r}")
+        raise WeightsError(f"checkpoint not found: {str(path)!r} (no such file); check the path")
     if path.stat().st_size == 0:
         raise WeightsError(
             f"checkpoint {str(path)!r} is empty (0 bytes); delete it and download it again"

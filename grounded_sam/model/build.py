@@ -57,10 +57,21 @@ def build_sam(
             e.g. SAM 2.1's ``dynamic_multimask_via_stability``.
 
     Raises:
-        InputError: unknown name, option or precision, ``"int8"`` on a GPU.
-        WeightsError: a checkpoint that is missing, unreadable or not of this variant.
+        InputError: unknown name, option or precision, ``"int8"`` on a GPU, a ``checkpoint``
+            that is not a path, or a ``device`` this machine does not have (checked before
+            any weights are read).
+        WeightsError: a checkpoint that is missing, a directory, unreadable or not of this
+            variant.
     """
     config = get_config(name)
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        shown = repr(checkpoint)
+        shown = f" ({shown})" if len(shown) <= 60 else ""
+        raise InputError(
+            f"checkpoint must be the path of a .pt/.pth file (a str or pathlib.Path), got "
+            f"{type(checkpoint).__name__}{shown}; or pass checkpoint=None to use the official "
+            f"{config.name!r} weights"
+        )
     unknown = sorted(set(options) - set(config.options))
     if unknown:
         accepted = ", ".join(config.options) or "none"
