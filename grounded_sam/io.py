@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import sys
@@ -15,7 +14,7 @@ from grounded_sam.errors import InputError
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
-__all__ = ["ImageLike", "dir_mode", "file_mode", "load_image", "image_stem"]
+__all__ = ["ImageLike", "load_image", "image_stem"]
 
 
 def _pil_open(path: Path) -> Image.Image:
@@ -201,29 +200,3 @@ def image_stem(image: object, index: int) -> str:
     if isinstance(image, (str, os.PathLike)):
         return Path(image).stem
     return f"image_{index:04d}"
-
-
-@functools.cache
-def _umask() -> int:
-    """The process umask, read without changing it (``os.umask`` sets it, racing threads)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-def file_mode() -> int:
-    """What ``open()`` would give a new file (0o666 minus the umask). ``tempfile.mkstemp``
-    makes 0600 files, which other users, a shared cache or a web server could not read:
-    files written through a temporary get this mode before they are renamed into place."""
-    return 0o666 & ~_umask()
-
-
-def dir_mode() -> int:
-    """What ``mkdir`` would give a new folder (0o777 minus the umask); ``tempfile.mkdtemp``
-    makes 0700 folders."""
-    return 0o777 & ~_umask()

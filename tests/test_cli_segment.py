@@ -302,8 +302,8 @@ def test_output_folders_get_the_umask_mode_not_mkdtemp_0700(tmp_path):
     the mode ``mkdir`` gives under the process umask, like every other folder."""
     import stat
 
+    from grounded_sam._files import dir_mode
     from grounded_sam.cli._common import atomic_dir
-    from grounded_sam.io import dir_mode
 
     umask = os.umask(0o022)
     os.umask(umask)

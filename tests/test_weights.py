@@ -552,6 +552,10 @@ def test_download_checks_sha256_and_is_atomic(server, tmp_path):
     dest = tmp_path / "d" / "w.bin"
     assert weights.download(f"{server.url}/w.bin", dest, sha256=good) == dest
     assert dest.read_bytes() == body
+    # the mode open() would give, not mkstemp's 0600: a shared cache stays readable
+    from grounded_sam._files import file_mode
+
+    assert dest.stat().st_mode & 0o777 == file_mode()
     assert weights.download(f"{server.url}/w.bin", dest, sha256=good) == dest  # already there
     assert server.hits == {"w.bin": 1}
 
@@ -644,3 +648,26 @@ def test_build_sam_fetches_official_vit_b_through_the_mirror(mirror, home):
     mirror.stop()
     build.build_sam("vit_b", device="cpu")  # from the cache, server gone
     assert mirror.hits == {VIT_B: 1}
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"PK\x03\x04" + b"\0" * 100, "a zip archive cut short (truncated"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 100, "it is a PNG image; pass the .pt/.pth checkpoint"),
+        (b"<!DOCTYPE html><html>", "an HTML page"),
+        (b"version https://git-lfs.github.com/spec/v1\n", "a Git LFS pointer"),
+        (b"hello world", "not a zip archive nor a pickle (it starts with b'hell')"),
+    ],
+)
+def test_what_a_wrong_checkpoint_file_is(tmp_path, content, says):
+    """A file that is no checkpoint is named for what it is; the advice fits a user's own file
+    as well as a cached download (no 'delete it', which would be wrong for a user's photo)."""
+    from grounded_sam.hub.safety import load_state_dict
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError, match="is not a readable torch checkpoint") as e:
+        load_state_dict(path)
+    assert says in str(e.value) and "delete it" not in str(e.value)
+    assert path.read_bytes() == content

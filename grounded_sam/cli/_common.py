@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from grounded_sam._files import dir_mode
 from grounded_sam.errors import GroundedSAMError, InputError
-from grounded_sam.io import dir_mode
 
 __all__ = [
     "UsageError",

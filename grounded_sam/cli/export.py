@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from grounded_sam._files import dir_mode
 from grounded_sam.cli._common import UsageError, add_debug_arg, atomic_dir
-from grounded_sam.io import dir_mode
 
 __all__ = ["add_parser", "run"]
 

@@ -59,8 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from grounded_sam._files import file_mode
 from grounded_sam.errors import InputError
-from grounded_sam.io import file_mode
 
 __all__ = [
     "ANNOTATIONS",

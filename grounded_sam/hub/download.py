@@ -14,6 +14,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import IO
 
+from grounded_sam._files import file_mode
 from grounded_sam.errors import InputError, WeightsError
 from grounded_sam.hub.env import is_local_url, is_offline
 
@@ -72,6 +73,7 @@ def write_sidecar(p: Path, digest: str) -> None:
     side = sidecar(p)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{side.name}.", suffix=".part")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(f"{digest}  {p.name}\n")
         os.replace(tmp, side)
@@ -165,6 +167,7 @@ def download_unlocked(
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, file_mode())  # mkstemp's 0600 would lock others out of a shared cache
         h = hashlib.sha256()
 
         class _HashingWriter:

@@ -123,6 +123,33 @@ def check_ultralytics_file(p: Path, source: str) -> None:
         )
 
 
+# A bad file may be the cache's (a broken download) or the user's own: advice for both.
+_REFETCH = (
+    "download it again (grounded-sam weights download NAME --force for a cached file), or "
+    "save it again if you made it"
+)
+
+# first bytes of files often passed by mistake
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"<!DOCTYPE", "an HTML page (a download that returned an error page?)"),
+    (b"<html", "an HTML page (a download that returned an error page?)"),
+    (b"version https://git-lfs", "a Git LFS pointer, not the file (run git lfs pull)"),
+)
+
+
+def _what_is(head: bytes) -> str:
+    """Why a file that is neither a zip nor an old pickle is not a checkpoint, and the fix."""
+    if head.startswith(b"PK"):
+        return f"a zip archive cut short (truncated: an interrupted download or copy); {_REFETCH}"
+    for magic, what in _MAGIC:
+        if head.lower().startswith(magic.lower()):
+            return f"it is {what}; pass the .pt/.pth checkpoint file"
+    return f"it is not a zip archive nor a pickle (it starts with {head[:4]!r}); {_REFETCH}"
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a checkpoint file safely on the CPU: ``torch.load(weights_only=True)``, or
     ``safetensors`` for ``.safetensors`` files.
@@ -151,9 +178,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {str(path)!r} (no such file); check the path")
     if path.stat().st_size == 0:
-        raise WeightsError(
-            f"checkpoint {str(path)!r} is empty (0 bytes); delete it and download it again"
-        )
+        raise WeightsError(f"checkpoint {str(path)!r} is empty (0 bytes); {_REFETCH}")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -162,17 +187,13 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except Exception as e:  # noqa: BLE001 - safetensors raises several types
             raise WeightsError(
                 f"{str(path)!r} is not a readable safetensors file ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:200] if str(e) else ''}); delete it and download it "
-                "again"
+                f"{str(e).splitlines()[0][:200] if str(e) else ''}); {_REFETCH}"
             ) from e
     with open(path, "rb") as f:
-        head = f.read(2)
+        head = f.read(32)
     # torch.save writes a zip archive (or, before torch 1.6, a pickle starting with PROTO 2)
-    if not zipfile.is_zipfile(path) and head != b"\x80\x02":
-        raise WeightsError(
-            f"{str(path)!r} is not a readable torch checkpoint (truncated or wrong format: "
-            f"not a zip archive, starts with {head!r}); delete it and download it again"
-        )
+    if not zipfile.is_zipfile(path) and head[:2] != b"\x80\x02":
+        raise WeightsError(f"{str(path)!r} is not a readable torch checkpoint: {_what_is(head)}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -180,7 +201,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if "Weights only load failed" not in text:
             raise WeightsError(
                 f"{str(path)!r} is not a readable torch checkpoint (corrupt pickle: "
-                f"{text.splitlines()[0][:200]}); delete it and download it again"
+                f"{text.splitlines()[0][:200]}); {_REFETCH}"
             ) from e
         detail = next(
             (
@@ -200,7 +221,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise WeightsError(
             f"{str(path)!r} is not a readable torch checkpoint (truncated or wrong format: "
-            f"{str(e).splitlines()[0][:200]}); delete it and download it again"
+            f"{str(e).splitlines()[0][:200]}); {_REFETCH}"
         ) from e
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
