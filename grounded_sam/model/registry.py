@@ -156,7 +156,7 @@ def check_state_dict(
     other = _matching_variant(state_dict)
     if other is not None and other != name:
         parts.append(
-            f"this file is a {other!r} checkpoint: use build_sam({other!r}, checkpoint=...)"
+            f"this file is a {other!r} checkpoint: use build_sam({other!r}, checkpoint=...) (CLI: --sam {other})"
         )
     else:
         parts.append(f"expected an official checkpoint for {name!r}")
