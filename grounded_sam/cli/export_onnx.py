@@ -3,7 +3,8 @@
 
 Writes ``DIR/encoder.onnx``, ``DIR/decoder.onnx`` (Meta's decoder inputs and outputs) and
 ``DIR/sam_onnx.json``, checked in onnxruntime against the PyTorch model before they are kept;
-see ``docs/onnx.md``. Steps go to stderr, the summary to stdout.
+see ``docs/onnx.md``. Steps go to stderr, the summary to stdout. A failed or interrupted
+export leaves nothing behind (``DIR`` too is removed when the command created it).
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--single-mask",
         action="store_true",
-        help="the decoder returns one mask instead of four (Meta's --return-single-mask)",
+        help="the decoder returns one mask instead of four (Meta's --return-single-mask; for "
+        "tools that render one mask, e.g. Meta's web demo; --sam-onnx and OnnxSamPredictor "
+        "need the default four-mask export)",
     )
     parser.add_argument(
         "--encoder-preprocess",
@@ -113,13 +116,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.decoder} ({_size(result.decoder)}, {kind}, {meta['decoder']['masks']} masks)")
     v = meta.get("verification")
     if v and "logits_rel_diff" in v:
+        decoder = "single-mask decoder" if v.get("single_mask") else "decoder"
         print(
-            f"verified against PyTorch: encoder {v['encoder_rel_diff']:.1e}, decoder logits "
+            f"verified against PyTorch: encoder {v['encoder_rel_diff']:.1e}, {decoder} logits "
             f"{v['logits_rel_diff']:.1e} (relative), masks agree on "
             f"{100 * v['end_to_end_agreement']:.3f}% of pixels"
         )
-    elif v:
-        print(f"verified against PyTorch: encoder {v['encoder_rel_diff']:.1e} (relative)")
     q = meta.get("quantization")
     if q:
         iou = q["mask_iou_vs_fp32"]

@@ -13,10 +13,15 @@ range of runtimes, onnxruntime-web included), then
 1. checks that both graphs hold standard ONNX operators only (no ``com.microsoft`` or other
    private domains: :func:`check_standard_ops`);
 2. unless ``verify=False``, runs them in onnxruntime against the PyTorch model on a test scene
-   (:func:`grounded_sam.onnx.verify.compare`) and refuses files that disagree;
+   (:func:`grounded_sam.onnx.verify.compare`; a single-mask decoder against PyTorch's output
+   with the same single-mask rule) and refuses files that disagree;
 3. with ``quantize=True``, converts both to dynamic int8 weights with onnxruntime's quantiser
    and measures the masks' IoU against the fp32 files (:func:`grounded_sam.onnx.verify.mask_iou`);
 4. writes the metadata, every file through a temporary name renamed into place.
+
+On any failure or interrupt nothing of the export stays: the temporary folder is removed, and
+so is the output folder when this call created it (a folder that existed is kept, with
+whatever else it holds).
 """
 
 from __future__ import annotations
@@ -443,7 +448,8 @@ def export_onnx(
     Args:
         sam: a variant name (:func:`grounded_sam.list_models`) or a float32 CPU model from
             :func:`grounded_sam.build_sam`.
-        out: output folder (created; our files in it are replaced, nothing else is touched).
+        out: output folder (created, and removed again if the export fails; our files in it
+            are replaced, nothing else is touched).
         checkpoint: official-format checkpoint for a named ``sam``; ``None`` fetches the
             registry weights.
         opset: ONNX opset, 14 to 20 (default 17).
@@ -451,13 +457,16 @@ def export_onnx(
             the metadata states the masks' IoU against the float32 files.
         single_mask: the decoder returns one mask (Meta's ``--return-single-mask``: SAM 1
             picks the single-mask token for more than one click and the best multimask output
-            otherwise; SAM 2.1 its stability rule) instead of four.
+            otherwise; SAM 2.1 its stability rule) instead of four. Such a folder is for
+            tools that render one mask (Meta's web demo); ``OnnxSamPredictor`` needs the
+            default four-mask export.
         encoder_preprocess: SAM 1 / MobileSAM: ``encoder.onnx`` takes the resized image,
             (h, w, 3) float32 RGB in 0..255 with its long side at most 1024, and normalises
             and pads it itself (samexporter's ``--use-preprocess`` layout, which
             X-AnyLabeling's SAM loader feeds) instead of the (1, 3, 1024, 1024) tensor.
         verify_outputs: compare the files with the PyTorch model in onnxruntime and refuse
-            them beyond :data:`TOLERANCES` (about as long as the export itself).
+            them beyond :data:`TOLERANCES` (about as long as the export itself); a
+            single-mask decoder is compared with PyTorch's output under the same rule.
         log: called with one line per step (the CLI prints them).
 
     Returns:
@@ -487,51 +496,111 @@ def export_onnx(
             f"{model.family!r} model, whose encoder takes the (1, 3, 1024, 1024) tensor"
         )
     t0 = time.perf_counter()
+    created = _missing_folders(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=out))
+    moved: list[Path] = []
+    tmp = None
     try:
-        _export_files(model, tmp, opset, single_mask, encoder_preprocess, log)
-        for name in (files.ENCODER_FILE, files.DECODER_FILE):
-            check_standard_ops(tmp / name)
-        meta = _metadata(model, opset, single_mask, encoder_preprocess, checkpoint)
-        fp32 = None
-        if verify_outputs or quantize:
-            fp32 = OnnxSam.from_files(tmp / files.ENCODER_FILE, tmp / files.DECODER_FILE, meta)
-        if verify_outputs and not single_mask:
-            log("verifying the files against PyTorch in onnxruntime")
-            figures = verify.compare(model, fp32)
-            meta["verification"] = figures
-            _check_figures(figures)
-        elif verify_outputs:
-            log("verifying the encoder against PyTorch in onnxruntime (single-mask decoder)")
-            meta["verification"] = _check_encoder(model, fp32)
-        final = tmp
-        if quantize:
-            qdir = tmp / "int8"
-            qdir.mkdir()
-            _quantize(tmp, qdir, log)
-            qmeta = dict(meta, quantized=True)
-            int8 = OnnxSam.from_files(qdir / files.ENCODER_FILE, qdir / files.DECODER_FILE, qmeta)
-            log("measuring the int8 masks against float32")
-            qmeta["quantization"] = {
-                "method": "onnxruntime.quantization.quantize_dynamic, QUInt8 weights, per tensor",
-                "mask_iou_vs_fp32": verify.mask_iou(fp32, int8),
-            }
-            meta, final = qmeta, qdir
-            del int8
-        del fp32
-        meta["export_seconds"] = round(time.perf_counter() - t0, 1)
-        (final / files.METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        produced = {p.name for p in final.iterdir() if p.is_file()}
-        for name in _OWNED:  # a stale .data of an earlier, bigger export must not stay
-            if name not in produced and (out / name).exists():
-                (out / name).unlink()
-        for name in sorted(produced - {files.METADATA_FILE}) + [files.METADATA_FILE]:
-            os.replace(final / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=out))
+        meta = _export_verified(
+            model, out, tmp, opset, quantize, single_mask, encoder_preprocess, verify_outputs,
+            checkpoint, log, moved, t0,
+        )  # fmt: skip
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if created:  # the folder is ours: nothing of this export stays behind
+            for path in moved:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            _remove_empty(created)
+        renamed = _naming_out(e, tmp, out) if tmp is not None else None
+        if renamed is not None:
+            raise renamed from e
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
     log(f"wrote {out / files.ENCODER_FILE} and {out / files.DECODER_FILE}")
     return OnnxExport(out, out / files.ENCODER_FILE, out / files.DECODER_FILE, meta)
+
+
+def _export_verified(
+    model, out: Path, tmp: Path, opset, quantize, single_mask, encoder_preprocess,
+    verify_outputs, checkpoint, log, moved: list[Path], t0: float,
+) -> dict:  # fmt: skip
+    """Export into ``tmp``, check, verify, quantise, then move the files into ``out``
+    (appending each path moved to ``moved``); the metadata."""
+    _export_files(model, tmp, opset, single_mask, encoder_preprocess, log)
+    for name in (files.ENCODER_FILE, files.DECODER_FILE):
+        check_standard_ops(tmp / name)
+    meta = _metadata(model, opset, single_mask, encoder_preprocess, checkpoint)
+    fp32 = None
+    if verify_outputs or quantize:
+        fp32 = OnnxSam.from_files(tmp / files.ENCODER_FILE, tmp / files.DECODER_FILE, meta)
+    if verify_outputs:
+        what = "the single-mask decoder" if single_mask else "the decoder"
+        log(f"verifying the encoder and {what} against PyTorch in onnxruntime")
+        figures = verify.compare(model, fp32)
+        meta["verification"] = figures
+        _check_figures(figures)
+    final = tmp
+    if quantize:
+        qdir = tmp / "int8"
+        qdir.mkdir()
+        _quantize(tmp, qdir, log)
+        qmeta = dict(meta, quantized=True)
+        int8 = OnnxSam.from_files(qdir / files.ENCODER_FILE, qdir / files.DECODER_FILE, qmeta)
+        log("measuring the int8 masks against float32")
+        qmeta["quantization"] = {
+            "method": "onnxruntime.quantization.quantize_dynamic, QUInt8 weights, per tensor",
+            "mask_iou_vs_fp32": verify.mask_iou(fp32, int8),
+        }
+        meta, final = qmeta, qdir
+        del int8
+    del fp32
+    meta["export_seconds"] = round(time.perf_counter() - t0, 1)
+    (final / files.METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    produced = {p.name for p in final.iterdir() if p.is_file()}
+    for name in _OWNED:  # a stale .data of an earlier, bigger export must not stay
+        if name not in produced and (out / name).exists():
+            (out / name).unlink()
+    for name in sorted(produced - {files.METADATA_FILE}) + [files.METADATA_FILE]:
+        os.replace(final / name, out / name)
+        moved.append(out / name)
+    return meta
+
+
+def _missing_folders(out: Path) -> list[Path]:
+    """The folders ``out.mkdir(parents=True)`` will create, deepest first."""
+    missing = []
+    path = Path(os.path.abspath(out))
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders this export created (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (someone else wrote there) or gone: leave the rest
+            return
+
+
+def _naming_out(error: BaseException, tmp: Path, out: Path) -> BaseException | None:
+    """``error`` with the hidden temporary folder in its message replaced by ``out`` (the
+    folder the user named), or None when its message does not name it."""
+    if not isinstance(error, Exception) or len(error.args) != 1:
+        return None
+    message = error.args[0]
+    if not isinstance(message, str) or str(tmp) not in message:
+        return None
+    message = message.replace(str(tmp / "int8"), str(out)).replace(str(tmp), str(out))
+    try:
+        return type(error)(message)
+    except Exception:  # noqa: BLE001 - an exception class with another signature
+        return None
 
 
 def _check_figures(figures: dict) -> None:
@@ -546,19 +615,3 @@ def _check_figures(figures: dict) -> None:
             "the exported files disagree with the PyTorch model: " + "; ".join(bad) + ". This "
             "is a bug: please report it (verify_outputs=False / --no-verify writes them anyway)"
         )
-
-
-def _check_encoder(model, onnx_model) -> dict:
-    """Encoder-only check (a single-mask decoder has no four-mask predictor to compare)."""
-    from grounded_sam.predictor import SamPredictor
-
-    image = verify.verification_image()
-    ref = SamPredictor(model).embed([image])[0]
-    emb, high_res = onnx_model.encode(onnx_model.prepare_image(image)[0])
-    diff = max(
-        verify.rel_diff(r.cpu().numpy(), o)
-        for r, o in zip([ref.features, *ref.high_res], [emb, *high_res], strict=True)
-    )
-    if not diff <= TOLERANCES["logits_rel_diff"]:
-        raise RuntimeError(f"the exported encoder differs from PyTorch by {diff:.2e} (relative)")
-    return {"encoder_rel_diff": diff}

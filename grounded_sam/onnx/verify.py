@@ -12,18 +12,23 @@ predictors' public interfaces (:class:`grounded_sam.SamPredictor` and
   to the original size must be right for every one;
 - end to end (each side its own embedding): the fraction of mask pixels that agree.
 
+A ``--single-mask`` export (one mask per prompt, chosen inside the graph) is held to the same
+figures against PyTorch's single-mask output with the export's semantics
+(:func:`compare_single_mask`).
+
 :func:`mask_iou` measures two exports against each other (int8 against float32).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from grounded_sam.onnx.files import preprocessed_size
+from grounded_sam.onnx.files import decoder_prompt, preprocessed_size
 from grounded_sam.onnx.predictor import OnnxSam, OnnxSamPredictor
 from grounded_sam.predictor import ImageEmbedding, SamPredictor
 
@@ -31,6 +36,7 @@ __all__ = [
     "Prompt",
     "VERIFY_SIZES",
     "compare",
+    "compare_single_mask",
     "default_prompts",
     "mask_iou",
     "rel_diff",
@@ -138,7 +144,8 @@ def compare(
     prompts: Sequence[Prompt] | None = None,
     sizes: Sequence[tuple[int, int]] = VERIFY_SIZES,
 ) -> dict:
-    """How far a four-mask export is from ``model`` (see the module docstring).
+    """How far an export is from ``model`` (see the module docstring); a single-mask export
+    goes to :func:`compare_single_mask`.
 
     Returns a dict: ``encoder_rel_diff`` (max over the encoder outputs), ``logits_rel_diff``
     (max over prompts, sizes and ``multimask_output``, of the full- and low-resolution logits),
@@ -146,18 +153,15 @@ def compare(
     embedding), ``end_to_end_agreement`` (min, each side its own embedding), and the image
     size, prompts and sizes checked.
     """
+    if onnx_model.num_masks == 1:
+        return compare_single_mask(model, onnx_model, image, prompts, sizes)
     image = verification_image() if image is None else image
     prompts = default_prompts() if prompts is None else list(prompts)
     size = (int(image.shape[0]), int(image.shape[1]))
     tp, op = SamPredictor(model), OnnxSamPredictor(onnx_model)
     t_emb = tp.embed([image])[0]
     o_emb = op.embed([image])[0]
-    enc = max(
-        rel_diff(a.cpu().numpy(), b.numpy())
-        for a, b in zip(
-            (t_emb.features, *t_emb.high_res), (o_emb.features, *o_emb.high_res), strict=True
-        )
-    )
+    enc = _encoder_diff(t_emb, o_emb)
     logits = iou_diff = 0.0
     agree = e2e = 1.0
     meta = onnx_model.metadata
@@ -185,6 +189,190 @@ def compare(
             tm, _, _ = tp.predict(**kw, multimask_output=multi, return_logits=True)
             om, _, _ = op.predict(**kw, multimask_output=multi, return_logits=True)
             e2e = min(e2e, agreement(tm, om))
+    return _report(enc, logits, iou_diff, agree, e2e, size, prompts, sizes)
+
+
+# A single-mask decoder picks its mask inside the graph; where PyTorch's choice is a near-tie
+# (scores this close, SAM 2.1's stability this close to its threshold), float rounding may
+# tip the file to the other candidate, which is then as right.
+_SCORE_TIE = 1e-4
+_STABILITY_TIE = 1e-3
+
+
+def _np(t) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        return t.detach().to("cpu", torch.float32).contiguous().numpy()
+    return np.ascontiguousarray(t, dtype=np.float32)
+
+
+def _onnx_decode(
+    onnx_model: OnnxSam, emb: ImageEmbedding, kw: dict, mask_input: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """One decoder call with ``predict``'s pixel prompt ``kw`` on ``emb``, fed as
+    :class:`OnnxSamPredictor` feeds it: masks (C, H, W) logits, iou (C,), low_res
+    (C, 256, 256), and N, the number of points the decoder saw (padding and box corners
+    included)."""
+    orig, inp = tuple(emb.original_size), tuple(emb.input_size)
+    coords, box = kw.get("point_coords"), kw.get("box")
+    pc, pl = decoder_prompt(
+        onnx_model.family,
+        None if coords is None else onnx_model.transform_coords(coords, orig, inp),
+        kw.get("point_labels"),
+        None if box is None else onnx_model.transform_coords(box.reshape(2, 2), orig, inp),
+    )
+    masks, iou, low = onnx_model.decode(
+        _np(emb.features),
+        tuple(_np(t) for t in emb.high_res),
+        pc,
+        pl,
+        None if mask_input is None else _np(mask_input).reshape(1, 1, *mask_input.shape[-2:]),
+        orig,
+    )
+    return masks[0], iou[0], low[0], int(pc.shape[1])
+
+
+def _onnx_embedding(onnx_model: OnnxSam, image: np.ndarray) -> ImageEmbedding:
+    """The exported encoder's embedding of ``image``."""
+    x, input_size = onnx_model.prepare_image(image)
+    emb, high_res = onnx_model.encode(x)
+    size = (int(image.shape[0]), int(image.shape[1]))
+    return ImageEmbedding(
+        torch.from_numpy(emb), size, input_size, tuple(torch.from_numpy(t) for t in high_res)
+    )
+
+
+@contextlib.contextmanager
+def _raw_single_token(model: torch.nn.Module) -> Iterator[None]:
+    """SAM 2.1: ``multimask_output=False`` gives the single-mask token itself (its stability
+    fallback off meanwhile, restored after)."""
+    flag = getattr(model, "dynamic_multimask_via_stability", None)
+    if not flag:
+        yield
+        return
+    model.dynamic_multimask_via_stability = False
+    try:
+        yield
+    finally:
+        model.dynamic_multimask_via_stability = flag
+
+
+def _stability(low_res: np.ndarray, delta: float) -> float:
+    """IoU of a low-res logit map thresholded at +delta and -delta (1 if both are empty), as
+    SAM 2's ``dynamic_multimask_via_stability``."""
+    inter = np.count_nonzero(low_res > delta)
+    union = np.count_nonzero(low_res > -delta)
+    return float(np.float32(inter) / np.float32(union)) if union else 1.0
+
+
+def single_mask_candidates(
+    model: torch.nn.Module, tp: SamPredictor, kw: dict, num_points: int
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], list[int]]:
+    """PyTorch's four outputs for one prompt and which of them is the single-mask output.
+
+    The rule is the export's (Meta's ``--return-single-mask``): SAM 1 / MobileSAM, Meta's
+    ``SamOnnxModel.select_masks``: the single-mask token (0) when the decoder sees more than
+    two points (``num_points``, padding and box corners included), else the multimask output
+    (1..3) with the highest predicted IoU; SAM 2.1, its model's single-mask output: token 0
+    unless its low-res logits are unstable (``dynamic_multimask_via_stability``), then the
+    multimask output with the highest predicted IoU.
+
+    Returns:
+        ((masks (4, H, W), iou (4,), low_res (4, 256, 256)) in the four-mask file's order,
+        the indices of the acceptable choices: the rule's first, then any near-tie).
+    """
+    with _raw_single_token(model):
+        m0, i0, l0 = tp.predict(**kw, multimask_output=False, return_logits=True)
+    mm, im, lm = tp.predict(**kw, multimask_output=True, return_logits=True)
+    four = (np.concatenate([m0, mm]), np.concatenate([i0, im]), np.concatenate([l0, lm]))
+    iou = four[1].astype(np.float64)
+    if model.family != "sam2":
+        score = iou + (num_points - 2.5) * np.array([1000.0, 0.0, 0.0, 0.0])
+        best = int(np.argmax(score))
+        tol = _SCORE_TIE * max(1.0, abs(score[best]))
+        return four, [best] + [j for j in range(4) if j != best and score[j] >= score[best] - tol]
+    dec = model.sam_mask_decoder
+    if not getattr(dec, "dynamic_multimask_via_stability", False):
+        return four, [0]
+    best = 1 + int(np.argmax(iou[1:]))
+    stability = _stability(four[2][0], float(dec.dynamic_multimask_stability_delta))
+    thresh = float(dec.dynamic_multimask_stability_thresh)
+    choice = 0 if stability >= thresh else best
+    near = [j for j in range(1, 4) if iou[j] >= iou[best] - _SCORE_TIE]
+    if abs(stability - thresh) <= _STABILITY_TIE:
+        near.append(0)
+    elif choice == 0:
+        near = []
+    return four, [choice] + [j for j in near if j != choice]
+
+
+def compare_single_mask(
+    model: torch.nn.Module,
+    onnx_model: OnnxSam,
+    image: np.ndarray | None = None,
+    prompts: Sequence[Prompt] | None = None,
+    sizes: Sequence[tuple[int, int]] = VERIFY_SIZES,
+) -> dict:
+    """How far a single-mask export (``--single-mask``) is from ``model``.
+
+    The exported decoder runs in onnxruntime on the same inputs as :func:`compare` feeds
+    (every prompt, at the image's size and each of ``sizes``, on the PyTorch embedding; then
+    end to end on each side's own embedding); the reference is the PyTorch output the export's
+    single-mask rule picks (:func:`single_mask_candidates`).
+
+    Returns:
+        the figures of :func:`compare` (``logits_rel_diff`` etc. of the one mask), plus
+        ``single_mask: True``.
+    """
+    image = verification_image() if image is None else image
+    prompts = default_prompts() if prompts is None else list(prompts)
+    size = (int(image.shape[0]), int(image.shape[1]))
+    tp = SamPredictor(model)
+    t_emb = tp.embed([image])[0]
+    o_emb = _onnx_embedding(onnx_model, image)
+    enc = _encoder_diff(t_emb, o_emb)
+    logits = iou_diff = 0.0
+    agree = e2e = 1.0
+    meta = onnx_model.metadata
+
+    def closest(kw, mask, emb_for_onnx):
+        om, oi, ol, n = _onnx_decode(onnx_model, emb_for_onnx, kw, mask)
+        t_kw = kw if mask is None else dict(kw, mask_input=mask)
+        (tm, ti, tl), ok = single_mask_candidates(model, tp, t_kw, n)
+        # the acceptable candidate the file's output is nearest to
+        k = min(ok, key=lambda j: max(rel_diff(tm[j], om[0]), rel_diff(tl[j], ol[0])))
+        return (tm[k], ti[k], tl[k]), (om[0], oi[0], ol[0])
+
+    for s in [size, *sizes]:
+        emb = _with_size(t_emb, s, meta)
+        tp.set_embedding(emb)
+        for prompt in prompts:
+            kw = prompt.pixels(s)
+            mask = _mask_for(tp, prompt, s) if prompt.with_mask else None
+            (tm, ti, tl), (om, oi, ol) = closest(kw, mask, emb)
+            logits = max(logits, rel_diff(tm, om), rel_diff(tl, ol))
+            iou_diff = max(iou_diff, float(np.abs(np.float64(ti) - np.float64(oi))))
+            agree = min(agree, agreement(tm, om))
+    tp.set_embedding(t_emb)
+    for prompt in prompts:
+        kw = prompt.pixels(size)
+        mask = _mask_for(tp, prompt, size) if prompt.with_mask else None
+        (tm, _, _), (om, _, _) = closest(kw, mask, o_emb)
+        e2e = min(e2e, agreement(tm, om))
+    return {**_report(enc, logits, iou_diff, agree, e2e, size, prompts, sizes), "single_mask": True}
+
+
+def _encoder_diff(ours, onnx) -> float:
+    """Largest relative difference over the embedding and the high-res features."""
+    return max(
+        rel_diff(a.cpu().numpy(), b.numpy())
+        for a, b in zip(
+            (ours.features, *ours.high_res), (onnx.features, *onnx.high_res), strict=True
+        )
+    )
+
+
+def _report(enc, logits, iou_diff, agree, e2e, size, prompts, sizes) -> dict:
+    """The figures :func:`compare` returns (see its docstring)."""
     return {
         "encoder_rel_diff": enc,
         "logits_rel_diff": logits,
@@ -204,11 +392,14 @@ def mask_iou(
     prompts: Sequence[Prompt] | None = None,
 ) -> dict:
     """IoU of ``other``'s masks against ``reference``'s, end to end, for every prompt's three
-    multimask and one single-mask outputs (the mask prompt taken from ``reference``; masks
-    empty in both skipped): ``{"mean": ..., "min": ..., "n": ...}``."""
+    multimask and one single-mask outputs (a single-mask export: its one mask; the mask
+    prompt taken from ``reference``; masks empty in both skipped):
+    ``{"mean": ..., "min": ..., "n": ...}``."""
     image = verification_image() if image is None else image
     prompts = default_prompts() if prompts is None else list(prompts)
     size = image.shape[:2]
+    if reference.num_masks == 1 or other.num_masks == 1:
+        return _single_mask_iou(reference, other, image, prompts)
     ref, oth = OnnxSamPredictor(reference), OnnxSamPredictor(other)
     ref.set_image(image)
     oth.set_image(image)
@@ -225,8 +416,34 @@ def mask_iou(
                 union = np.logical_or(ma, mb).sum()
                 if union:
                     ious.append(float(np.logical_and(ma, mb).sum() / union))
+    return _iou_figures(ious)
+
+
+def _iou_figures(ious: list[float]) -> dict:
     return {
         "mean": float(np.mean(ious)) if ious else 1.0,
         "min": float(np.min(ious)) if ious else 1.0,
         "n": len(ious),
     }
+
+
+def _single_mask_iou(reference: OnnxSam, other: OnnxSam, image, prompts) -> dict:
+    """:func:`mask_iou` of two single-mask exports: one mask per prompt (OnnxSamPredictor
+    does not run them: the decoder is called directly, as the predictor would feed it)."""
+    if reference.num_masks != other.num_masks:
+        raise ValueError("mask_iou compares two exports with the same number of masks")
+    ref_emb, oth_emb = _onnx_embedding(reference, image), _onnx_embedding(other, image)
+    threshold = reference.mask_threshold
+    ious = []
+    for prompt in prompts:
+        kw = prompt.pixels(image.shape[:2])
+        mask = None
+        if prompt.with_mask:  # the reference's own answer to the prompt alone
+            mask = _onnx_decode(reference, ref_emb, kw, None)[2]
+        a = _onnx_decode(reference, ref_emb, kw, mask)[0] > threshold
+        b = _onnx_decode(other, oth_emb, kw, mask)[0] > threshold
+        for ma, mb in zip(a, b, strict=True):
+            union = np.logical_or(ma, mb).sum()
+            if union:
+                ious.append(float(np.logical_and(ma, mb).sum() / union))
+    return _iou_figures(ious)

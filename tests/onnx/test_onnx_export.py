@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from grounded_sam.errors import InputError, MissingDependency
-from grounded_sam.onnx import OnnxSamPredictor, export_onnx
+from grounded_sam.onnx import OnnxSam, OnnxSamPredictor, export_onnx, verify
 from grounded_sam.onnx import export as export_module
 from grounded_sam.onnx.verify import agreement, default_prompts, rel_diff
 
@@ -42,8 +42,7 @@ def test_export_refuses_files_that_disagree(model, tmp_path, monkeypatch):
     monkeypatch.setattr(export_module.verify, "compare", off)
     with pytest.raises(RuntimeError, match="disagree with the PyTorch model"):
         export_onnx(model("tiny_vit"), tmp_path / "out")
-    assert not (tmp_path / "out" / "encoder.onnx").exists()
-    assert list((tmp_path / "out").iterdir()) == []  # no temporary folder left either
+    assert not (tmp_path / "out").exists()  # created by the call: removed, temp folder and all
 
 
 @pytest.mark.parametrize("opset", [14, 20])
@@ -149,3 +148,93 @@ def test_encoder_preprocess_layout(model, exported, photos, tmp_path):
         assert rel_diff(a.features.numpy(), b.features.numpy()) < 1e-5, name
     with pytest.raises(InputError, match="SAM 1 / MobileSAM"):
         export_onnx(model("sam2"), tmp_path / "x", encoder_preprocess=True)
+
+
+@pytest.mark.parametrize("name", ["tiny_vit", "sam2"])
+def test_single_mask_decoder_is_verified(name, model, exported):
+    """A ``single_mask`` decoder is held to the four-mask export's figures against PyTorch's
+    output under the same rule (SAM 1: Meta's select_masks; SAM 2.1: its stability rule)."""
+    onnx_model = OnnxSam(exported(name, single_mask=True).directory)
+    v = verify.compare(model(name), onnx_model)
+    assert v["single_mask"] is True
+    assert v["encoder_rel_diff"] < 1e-4 and v["logits_rel_diff"] < 1e-4
+    assert v["iou_abs_diff"] < 1e-4
+    assert v["mask_agreement"] >= 0.999 and v["end_to_end_agreement"] >= 0.999
+    assert [23, 17] in v["sizes"] and "point+mask" in v["prompts"]
+
+
+def test_single_mask_check_catches_another_rule(model, exported, monkeypatch):
+    """The check compares the one mask: a reference that picks another mask fails it."""
+    onnx_model = OnnxSam(exported("tiny_vit", single_mask=True).directory)
+    real = verify.single_mask_candidates
+
+    def other(*args, **kwargs):
+        four, ok = real(*args, **kwargs)
+        return four, [(ok[0] + 1) % 4]
+
+    monkeypatch.setattr(verify, "single_mask_candidates", other)
+    v = verify.compare(model("tiny_vit"), onnx_model)
+    assert v["logits_rel_diff"] > 0.1 and v["mask_agreement"] < 0.99
+    with pytest.raises(RuntimeError, match="disagree with the PyTorch model"):
+        export_module._check_figures(v)
+
+
+@pytest.mark.parametrize("thresh", [0.98, 0.0])
+def test_single_mask_reference_is_the_models_own(thresh, model):
+    """SAM 2.1: the reference's pick among the four outputs is the PyTorch model's own
+    ``multimask_output=False`` answer, with its stability fallback taken (random weights:
+    unstable) or not (threshold 0)."""
+    from grounded_sam.predictor import SamPredictor
+
+    sam2 = model("sam2")
+    dec = sam2.sam_mask_decoder
+    old = dec.dynamic_multimask_stability_thresh
+    dec.dynamic_multimask_stability_thresh = thresh
+    try:
+        tp = SamPredictor(sam2)
+        image = verify.verification_image()
+        tp.set_image(image)
+        picks = set()
+        for prompt in default_prompts()[:4]:
+            kw = prompt.pixels(image.shape[:2])
+            (_, iou, low), ok = verify.single_mask_candidates(sam2, tp, kw, 2)
+            _, own_iou, own_low = tp.predict(**kw, multimask_output=False, return_logits=True)
+            assert rel_diff(own_low[0], low[ok[0]]) < 1e-5, prompt.name
+            assert abs(own_iou[0] - iou[ok[0]]) < 1e-5
+            picks.add(ok[0] == 0)
+        assert picks == {thresh == 0.0}  # the fallback taken every time, or never
+        assert sam2.dynamic_multimask_via_stability is True  # restored after each call
+    finally:
+        dec.dynamic_multimask_stability_thresh = old
+
+
+def _failing_export(monkeypatch, error):
+    def fail(model, folder, *args, **kwargs):
+        (folder / "encoder.onnx").write_bytes(b"half")
+        raise error(f"{folder / 'encoder.onnx'} broke")
+
+    monkeypatch.setattr(export_module, "_export_files", fail)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_failed_export_removes_the_folder_it_created(error, model, tmp_path, monkeypatch):
+    """A failed or interrupted export removes the folders it created (parents included) and
+    its error names the output folder, not the hidden temporary one."""
+    _failing_export(monkeypatch, error)
+    out = tmp_path / "new" / "deeper"
+    with pytest.raises(error) as info:
+        export_onnx(model("tiny_vit"), out, verify_outputs=False)
+    assert list(tmp_path.iterdir()) == []
+    if error is RuntimeError:
+        assert str(info.value) == f"{out / 'encoder.onnx'} broke"
+
+
+def test_failed_export_keeps_an_existing_folder(model, tmp_path, monkeypatch):
+    _failing_export(monkeypatch, RuntimeError)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="mine/encoder.onnx broke"):
+        export_onnx(model("tiny_vit"), out, verify_outputs=False)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine"
