@@ -86,7 +86,9 @@ def test_wrong_variant_names_the_right_one(tmp_path):
     msg = str(info.value)
     assert "'vit_l'" in msg and "sam_vit_b_01ec64.pth" in msg
     assert "missing keys" in msg and "other shapes" in msg
-    assert "is a 'vit_b' checkpoint: use build_sam('vit_b', checkpoint=...) (CLI: --sam vit_b)" in msg
+    assert (
+        "is a 'vit_b' checkpoint: use build_sam('vit_b', checkpoint=...) (CLI: --sam vit_b)" in msg
+    )
 
 
 def test_wrong_file_through_build_sam(tmp_path):
