@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from grounded_sam.detectors.base import Detections
+from grounded_sam.detectors.base import Detections, check_detector_options
 from grounded_sam.errors import InputError
 from grounded_sam.io import load_image
 from grounded_sam.masks import check_points, clip_boxes, masks_to_boxes
@@ -77,42 +77,6 @@ class EmbeddingCache:
 
     def __contains__(self, key: tuple) -> bool:
         return key in self._items
-
-
-def _check_detector_options(name: str, kwargs: dict) -> None:
-    """Check ``kwargs`` against the options detector ``name`` declares (or, undeclared, its
-    constructor's keywords) and their values, without building it (no weights are read).
-
-    Raises:
-        InputError: an option it does not take (with a did-you-mean when one is close), or a
-            value of the wrong type or range.
-    """
-    import difflib
-    import inspect
-
-    from grounded_sam.detectors.base import detector_factory, detector_options
-
-    factory = detector_factory(name)
-    declared = getattr(factory, "options", None)
-    options = detector_options(name)
-    if declared is None or callable(declared):  # options read from the constructor
-        try:
-            params = inspect.signature(factory).parameters.values()
-        except (TypeError, ValueError):
-            return
-        if any(p.kind is p.VAR_KEYWORD for p in params):
-            return  # takes any keyword: the detector checks its own
-    known = {o.name: o for o in options}
-    for key in sorted(kwargs):
-        if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            accepted = ", ".join(sorted(known)) or "none"
-            raise InputError(
-                f"detector {name!r} takes no option {key!r}{hint}; its options: {accepted}"
-            )
-        if declared is not None and not callable(declared):
-            known[key].parse(kwargs[key], where=f"detector option {key}")
 
 
 def _pick_best(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +168,7 @@ class GroundedSAM:
                 raise InputError(
                     f"unknown detector {detector!r}; known detectors: {', '.join(list_detectors())}"
                 )
-            _check_detector_options(detector, detector_kwargs)  # without building it
+            check_detector_options(detector, detector_kwargs)  # without building it
             self.detector_name = detector
             self._detector = None
             self._detector_kwargs = dict(detector_kwargs)

@@ -34,6 +34,7 @@ __all__ = [
     "detector_factory",
     "detector_options",
     "build_detector",
+    "check_detector_options",
     "list_detectors",
     "normalize_phrases",
     "register_detector",
@@ -386,6 +387,44 @@ def detector_capabilities(name: str) -> dict[str, bool]:
     }
 
 
+def check_detector_options(name: str, kwargs: dict[str, Any], *, values: bool = True) -> None:
+    """Check ``kwargs`` against the options detector ``name`` declares (or, if it declares
+    none, its constructor's keywords; a constructor taking ``**kwargs`` checks its own),
+    without building it: no weights are read. ``values``: also parse each value with its
+    declared :class:`Option` (type and range).
+
+    Raises:
+        InputError: an option it does not take (with a did-you-mean when one is close,
+            and the options it takes), or with ``values`` a bad value.
+    """
+    import difflib
+
+    factory = detector_factory(name)
+    declared = getattr(factory, "options", None)
+    is_declared = declared is not None and not callable(declared)
+    if not is_declared:
+        try:
+            params = inspect.signature(factory).parameters.values()
+        except (TypeError, ValueError):
+            return
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return
+    known = {o.name: o for o in detector_options(name)}
+    takes = set(known) | ({"device"} if detector_capabilities(name)["accepts_device"] else set())
+    unknown = sorted(set(kwargs) - takes)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(takes), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if len(unknown) == 1 and close else ""
+        raise InputError(
+            f"detector {name!r} takes no option {', '.join(map(repr, unknown))}{hint}; its "
+            f"options: {', '.join(sorted(takes)) or 'none'}"
+        )
+    if values and is_declared:
+        for key, value in kwargs.items():
+            if key in known:
+                known[key].parse(value, where=f"detector option {key}")
+
+
 def build_detector(name: str, **kwargs: Any) -> Detector:
     """Build a detector by name; ``kwargs`` go to its constructor.
 
@@ -396,17 +435,7 @@ def build_detector(name: str, **kwargs: Any) -> Detector:
             does not take (the message lists those it takes), or bad option values.
     """
     factory = detector_factory(name)
-    declared = getattr(factory, "options", None)
-    if declared is not None and not callable(declared):
-        known = {o.name for o in declared} | (
-            {"device"} if detector_capabilities(name)["accepts_device"] else set()
-        )
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise InputError(
-                f"detector {name!r} takes no option {', '.join(map(repr, unknown))}; its options: "
-                f"{', '.join(sorted(known))}"
-            )
+    check_detector_options(name, kwargs, values=False)  # values: the constructor's to check
     try:
         detector = factory(**kwargs)
     except TypeError as e:
