@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from grounded_sam.errors import InputError
 from grounded_sam.masks import encode_rle
-from grounded_sam.result import Result
+from grounded_sam.result import Result, check_export_args
 
 __all__ = ["category_ids", "safe_name", "save_result", "to_coco", "to_json"]
 
@@ -27,16 +26,11 @@ def category_ids(result: Result, ids: dict[str, int] | None = None) -> dict[str,
     """Label -> COCO category id. Default: ids 1, 2, ... in order of first appearance.
 
     Raises:
-        InputError: a label of the result is missing from the given ``ids``.
+        InputError: ``ids`` is not a ``{label: int}`` dict covering every label of the result.
     """
+    check_export_args(result.labels, category_ids=ids)
     if ids is None:
         return {label: i + 1 for i, label in enumerate(dict.fromkeys(result.labels))}
-    missing = sorted(set(result.labels) - set(ids))
-    if missing:
-        raise InputError(
-            f"category_ids has no id for the labels {missing}; "
-            f"give one for every label, got keys {sorted(ids)}"
-        )
     return {str(k): int(v) for k, v in ids.items()}
 
 
@@ -54,7 +48,12 @@ def to_coco(
     ``{"size": [H, W], "counts": str}``, decodable with ``pycocotools.mask.decode``),
     ``area`` (mask pixels), ``bbox`` ``[x, y, w, h]`` from ``result.boxes``, ``score``,
     ``mask_score``, ``label`` and ``iscrowd`` (0).
+
+    Raises:
+        InputError: ``image_id`` or ``first_annotation_id`` not an integer, or ``ids`` not a
+            ``{label: int}`` dict covering every label.
     """
+    check_export_args(result.labels, image_id, ids, first_annotation_id)
     cats = category_ids(result, ids)
     rles = encode_rle(result.masks)
     out = []
@@ -79,7 +78,8 @@ def to_coco(
 
 def to_json(result: Result, image_id: int = 1, ids: dict[str, int] | None = None) -> dict:
     """The ``result.json`` document: image size, categories, annotations (:func:`to_coco`)
-    and timings."""
+    and timings. Raises :class:`InputError` as :func:`to_coco`."""
+    check_export_args(result.labels, image_id, ids)
     cats = category_ids(result, ids)
     return {
         "image": {

@@ -213,7 +213,6 @@ class Result:
         """
         from grounded_sam.export import category_ids as _ids
 
-        check_export_args(self.labels, category_ids=category_ids)
         return _ids(self, category_ids)
 
     def to_coco(
@@ -231,7 +230,6 @@ class Result:
         """
         from grounded_sam.export import to_coco
 
-        check_export_args(self.labels, image_id, category_ids, first_annotation_id)
         return to_coco(self, image_id, category_ids, first_annotation_id=first_annotation_id)
 
     def to_json(self, image_id: int = 1, category_ids: dict[str, int] | None = None) -> dict:
@@ -242,7 +240,6 @@ class Result:
         """
         from grounded_sam.export import to_json
 
-        check_export_args(self.labels, image_id, category_ids)
         return to_json(self, image_id, category_ids)
 
     def overlay(self, image: np.ndarray | None = None, alpha: float = 0.5) -> np.ndarray:

@@ -263,6 +263,19 @@ def test_to_json_and_category_ids_check_their_arguments():
         _result().category_ids({"a cat": 1, "a dog": None})
 
 
+def test_the_export_functions_check_ids_when_called_directly():
+    from grounded_sam import export
+
+    with pytest.raises(InputError, match="image_id must be an integer"):
+        export.to_coco(_result(), image_id="img1")
+    with pytest.raises(InputError, match="first_annotation_id must be an integer"):
+        export.to_coco(_result(), first_annotation_id=1.5)
+    with pytest.raises(InputError, match="image_id must be an integer"):
+        export.to_json(_result(), image_id="1")
+    with pytest.raises(InputError, match=r"category_ids\['a dog'\] must be an integer"):
+        export.category_ids(_result(), {"a cat": 1, "a dog": "2"})
+
+
 def test_numpy_integer_ids_are_accepted():
     anns = _result().to_coco(image_id=np.int64(7), category_ids={"a cat": np.int32(3), "a dog": 4})
     assert [(a["image_id"], a["category_id"]) for a in anns] == [(7, 3), (7, 4)]
