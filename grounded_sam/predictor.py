@@ -23,7 +23,7 @@ from grounded_sam.errors import InputError
 from grounded_sam.io import ImageLike, load_image
 from grounded_sam.masks import check_boxes, check_prompt, finite_array
 from grounded_sam.model.sam import SamBase
-from grounded_sam.model.transforms import ResizeLongestSide
+from grounded_sam.model.transforms import ResizeLongestSide, check_input_size
 
 __all__ = ["SamPredictor", "ResizeLongestSide", "ImageEmbedding"]
 
@@ -34,23 +34,6 @@ def _check_flag(value: object, name: str) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise InputError(f"{name} must be True or False, got {value!r}")
-
-
-def _check_input_size(
-    image_size: tuple[int, int], input_size: tuple[int, int], img_size: int, model: str
-) -> None:
-    """Refuse an image that the model's resize would shrink to nothing: an (H, W) image whose
-    long side resized to ``img_size`` leaves ``input_size`` with a side of 0 pixels."""
-    if min(input_size) >= 1:
-        return
-    h, w = image_size
-    need = -(-max(h, w) // (2 * img_size))  # short side >= long / (2 * img_size) rounds to 1
-    raise InputError(
-        f"the image of {w}x{h} (WxH) pixels is too elongated for {model}: resizing its long "
-        f"side to the model input size {img_size} leaves its short side "
-        f"{min(input_size)} pixels; crop it into less elongated pieces, or pad its short side "
-        f"to at least {need} pixels"
-    )
 
 
 def _check_boxes_arg(boxes: object) -> np.ndarray:
@@ -180,7 +163,7 @@ class SamPredictor:
         if h < 1 or w < 1:
             return  # empty images are refused where they are read
         input_size = transform.get_preprocess_shape(h, w, transform.target_length)
-        _check_input_size((h, w), input_size, transform.target_length, self.model.name)
+        check_input_size((h, w), input_size, transform.target_length, self.model.name)
 
     @torch.no_grad()
     def set_torch_image(

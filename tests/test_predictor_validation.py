@@ -150,6 +150,9 @@ def test_too_elongated_image_for_sam1(shape):
     with pytest.raises(InputError, match="too elongated"):
         p.embed([np.zeros((8, 8, 3), np.uint8), image])
     assert not p.is_image_set
+    # the model's own preparation (fine-tuning, ONNX export) refuses it too, not PIL
+    with pytest.raises(InputError, match="too elongated"):
+        p.model.prepare_image(image)
 
 
 def test_elongated_image_just_wide_enough_and_sam2_takes_any():

@@ -11,7 +11,26 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["ResizeLongestSide"]
+from grounded_sam.errors import InputError
+
+__all__ = ["ResizeLongestSide", "check_input_size"]
+
+
+def check_input_size(
+    image_size: tuple[int, int], input_size: tuple[int, int], img_size: int, model: str
+) -> None:
+    """Refuse an image that the model's resize would shrink to nothing: an (H, W) image whose
+    long side resized to ``img_size`` leaves ``input_size`` with a side of 0 pixels."""
+    if min(input_size) >= 1:
+        return
+    h, w = image_size
+    need = -(-max(h, w) // (2 * img_size))  # short side >= long / (2 * img_size) rounds to 1
+    raise InputError(
+        f"the image of {w}x{h} (WxH) pixels is too elongated for {model}: resizing its long "
+        f"side to the model input size {img_size} leaves its short side "
+        f"{min(input_size)} pixels; crop it into less elongated pieces, or pad its short side "
+        f"to at least {need} pixels"
+    )
 
 
 class ResizeLongestSide:
@@ -29,6 +48,7 @@ class ResizeLongestSide:
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 -> hxwx3 uint8 (bilinear, as PIL resizes; as Meta's transform does)."""
         h, w = self.get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
+        check_input_size(image.shape[:2], (h, w), self.target_length, "SAM")
         return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
     def apply_coords(self, coords: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:

@@ -26,13 +26,13 @@ import torch
 from grounded_sam.errors import InputError
 from grounded_sam.io import ImageLike, load_image
 from grounded_sam.masks import check_prompt
+from grounded_sam.model.transforms import check_input_size
 from grounded_sam.onnx import files
 from grounded_sam.onnx.runtime import session
 from grounded_sam.predictor import (
     ImageEmbedding,
     _check_boxes_arg,
     _check_flag,
-    _check_input_size,
 )
 
 __all__ = ["OnnxSam", "OnnxSamPredictor"]
@@ -298,7 +298,7 @@ class OnnxSamPredictor:
                 input_size = files.preprocessed_size(
                     int(size[0]), int(size[1]), self.model.metadata
                 )
-                _check_input_size(
+                check_input_size(
                     (int(size[0]), int(size[1])), input_size, self.model.img_size, self.model.name
                 )
         out = []
